@@ -1,0 +1,82 @@
+"""RMNet and TinyFlowNet building blocks: shapes, warping, soft aggregation, CPU vs GPU."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PUBLISHED, normalise, require_shared
+from models.rmnet import ObjectIndex, RMNet, read_memory_dense, warp_backward
+from models.tiny_flownet import TinyFlowNet
+from utils.checkpoint import load_networks
+from utils.io import read_frame, read_mask
+
+
+@torch.no_grad()
+def test_tiny_flownet_shapes_with_padding():
+    net = TinyFlowNet().eval()
+    flows = net(torch.randn(2, 3, 3, 37, 53))
+    assert flows.shape == (2, 3, 2, 37, 53)
+    assert flows[:, 0].abs().max() == 0 and flows[:, 1:].abs().max() > 0
+
+
+def test_warp_backward_moves_and_invalidates():
+    image = torch.zeros(1, 1, 6, 8)
+    image[0, 0, 2, 3] = 1
+    flow = torch.zeros(1, 2, 6, 8)
+    flow[:, 0] = 1.0                       # pixel p of frame t came from p + (1, 0) in frame t-1
+    warped = warp_backward(image, flow)
+    assert warped[0, 0, 2, 2] == 1 and warped.sum() == 1
+    assert warped[0, 0, :, 7].abs().sum() == 0     # sources beyond the right border
+    flow[:, 0] = 0.5
+    half = warp_backward(torch.ones(1, 1, 6, 8), flow)
+    assert torch.allclose(half[0, 0, :, :7], torch.ones(6, 7)) and torch.all(half[0, 0, :, 7] == 0)
+
+
+def test_soft_aggregation_by_hand():
+    objects = ObjectIndex.from_counts([2], torch.device('cpu'))
+    fg = torch.tensor([[[0.5, 1.0]], [[0.2, 0.0]]])        # 2 objects, 1x2 image
+    logits = RMNet.aggregate(fg, objects, n_channels=4, pad=(0, 0, 0, 0))
+    expected = torch.tensor([[0.4, 1e-7], [0.5, 1 - 1e-7], [0.2, 1e-7], [1e-7, 1e-7]])
+    assert torch.allclose(torch.sigmoid(logits[0, :, 0]), expected, atol=1e-6)
+    assert logits[0, 3, 0, 0] == pytest.approx(-16.1181, abs=1e-4)
+
+
+def test_dense_read_out_of_region_positions_count_as_zero_scores():
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(1, 4, 2, 3, 3, generator=generator)
+    values = torch.randn(1, 5, 2, 3, 3, generator=generator)
+    region = torch.zeros(1, 1, 2, 3, 3)
+    region[..., :2, :2] = 1
+    query_key = torch.randn(1, 4, 3, 3, generator=generator)
+    query_value = torch.randn(1, 5, 3, 3, generator=generator)
+    out = read_memory_dense(keys * region, values * region, query_key, query_value)
+    assert out.shape == (1, 10, 3, 3) and torch.equal(out[:, 5:], query_value)
+    inside = region.flatten().bool()
+    mk, mv = keys.reshape(4, -1)[:, inside], values.reshape(5, -1)[:, inside]
+    scores = mk.t() @ query_key.reshape(4, -1) / 2.0
+    weights = torch.exp(scores)
+    denominator = weights.sum(0) + (inside.numel() - inside.sum())  # exp(0) per outside position
+    expected = (mv @ weights) / denominator
+    assert torch.allclose(out[0, :5].reshape(5, -1), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_whole_model_same_on_cpu_and_gpu(synth_checkpoint):
+    clip = os.path.join(require_shared(PUBLISHED), 'clip')
+    frames = np.stack([read_frame(p) for p in sorted(glob.glob(f'{clip}/JPEGImages/480p/synth/*.jpg'))])
+    ids = torch.from_numpy(read_mask(f'{clip}/Annotations/480p/synth/00000.png')).long()
+    x = normalise(frames)[None]
+    masks = torch.nn.functional.one_hot(ids, 11).permute(2, 0, 1)[None, None].float().repeat(1, 8, 1, 1, 1)
+    n_objects = torch.full((1, 8), 2)
+    outputs = {}
+    for device in ('cpu', 'cuda'):
+        tflownet, rmnet = TinyFlowNet().eval(), RMNet().eval()
+        load_networks(synth_checkpoint, tflownet=tflownet, rmnet=rmnet)
+        tflownet.to(device), rmnet.to(device)
+        with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            flows = tflownet(x.to(device))
+            outputs[device] = (flows.cpu(), rmnet(x, masks, flows, n_objects, 5).cpu())
+    assert (outputs['cpu'][0] - outputs['cuda'][0]).abs().max() < 1e-4
+    assert (outputs['cpu'][1] - outputs['cuda'][1]).abs().max() < 1e-4
