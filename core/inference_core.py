@@ -7,6 +7,8 @@
     4. soft aggregation; objects appearing in frame t take their given mask; objects not yet
        present stay at the absent logit
 The same loop serves training (`RMNet.forward`, batched, with gradients) and inference.
+With `regional_read` the memory read touches only the regions (models.memory_reader) and
+gives the published result up to rounding; without it, it is the published dense read.
 """
 from typing import Optional, Sequence
 
@@ -14,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from core.memory_bank import MemoryBank
-from models.rmnet import ABSENT_LOGIT, PRESENT_LOGIT_RANGE, ObjectIndex, RMNet, read_memory_dense
+from models.memory_reader import read_memory_dense, read_memory_regional
+from models.rmnet import ABSENT_LOGIT, PRESENT_LOGIT_RANGE, ObjectIndex, RMNet
 
 
 def present_channels(masks: torch.Tensor) -> torch.Tensor:
@@ -32,10 +35,12 @@ class InferenceCore:
     0..counts[b] of the masks are used, further channels stay at the absent logit.
     """
 
-    def __init__(self, network: RMNet, counts: Sequence[int], memorize_every: int):
+    def __init__(self, network: RMNet, counts: Sequence[int], memorize_every: int,
+                 regional_read: bool = False):
         if memorize_every < 1:
             raise ValueError(f'memorize_every must be >= 1, got {memorize_every}')
         self.network = network
+        self.regional_read = regional_read
         self.counts = [int(n) for n in counts]
         self.memorize_every = memorize_every
         self.objects: Optional[ObjectIndex] = None
@@ -61,17 +66,21 @@ class InferenceCore:
             probs = self._background_only(frame)
         else:
             key, value, region = network.memorize(self.prev_frame, self.prev_probs, objects)
-            region_c = region[:, None]
-            key, value = key * region_c, value * region_c
-            memory_keys, memory_values, _ = self.memory.read_set(key, value, region)
+            memory_keys, memory_values, memory_regions = self.memory.read_set(key, value, region)
             if (self.frame_index % self.memorize_every == 0) or self.prev_has_new_objects:
                 self.memory.keep(key, value, region)
 
-            query_region = network.query_region(self.prev_probs, flow, objects)[:, None]
+            query_region = network.query_region(self.prev_probs, flow, objects)
             query_key, query_value, r3, r2, pad = network.encode_query(frame)
-            query_key = query_key[objects.batch] * query_region
-            query_value = query_value[objects.batch] * query_region
-            read = read_memory_dense(memory_keys, memory_values, query_key, query_value)
+            query_key, query_value = query_key[objects.batch], query_value[objects.batch]
+            if self.regional_read:
+                read = read_memory_regional(memory_keys, memory_values, memory_regions, query_key,
+                                            query_value, query_region)
+            else:
+                inside = memory_regions[:, None]
+                query_inside = query_region[:, None]
+                read = read_memory_dense(memory_keys * inside, memory_values * inside,
+                                         query_key * query_inside, query_value * query_inside)
             fg_probs = network.decode(read, r3[objects.batch], r2[objects.batch])
             logits = network.aggregate(fg_probs, objects, self.n_channels, pad)
             probs = F.softmax(self._objects_present(logits, new_masks), dim=1)

@@ -7,8 +7,7 @@ import torch
 class MemoryBank:
     """Per-object keys (N, Ck, h, w), values (N, Cv, h, w) and regions (N, h, w) of kept frames.
 
-    Keys and values are stored multiplied by their region (zero outside), as in the published
-    memory. The frame before the current one is always read as well: `read_set` appends it
+    Keys and values are stored as encoded; readers apply the regions. The frame before the current one is always read as well: `read_set` appends it
     without keeping it, `keep` makes it permanent, so each frame is encoded once.
     """
 

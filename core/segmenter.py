@@ -62,6 +62,7 @@ class VideoSegmenter:
         test = self.cfg.TEST
         self.n_channels = int(test.N_MAX_OBJECTS) + 1
         self.memorize_every = int(test.MEMORIZE_EVERY)
+        self.regional_read = bool(test.REGIONAL_READ)
         self.variants = [Variant(float(s), flip) for s in test.FRAME_SCALES
                          for flip in ((False, True) if test.FLIP_LR else (False,))]
         self.precision = test.PRECISION
@@ -151,7 +152,8 @@ class VideoSegmenter:
         lookup[torch.tensor(ids, device=self.device)] = torch.arange(1, len(ids) + 1, device=self.device)
         channel_ids = torch.zeros(self.n_channels, dtype=torch.long, device=self.device)
         channel_ids[1:len(ids) + 1] = torch.tensor(ids, device=self.device)
-        cores = [InferenceCore(self.rmnet, [len(ids)], self.memorize_every) for _ in self.variants]
+        cores = [InferenceCore(self.rmnet, [len(ids)], self.memorize_every, self.regional_read)
+                 for _ in self.variants]
         previous = None
         with self._precision_context():
             for t, frame in enumerate(frames):

@@ -5,7 +5,6 @@ The network knows nothing about videos: it offers the per-frame steps (`memorize
 drives them lives in `core.inference_core`; `RMNet.forward` is the published entry point
 and runs that loop over a whole clip.
 """
-import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -165,24 +164,6 @@ def warp_backward(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 def downsample_region(region: torch.Tensor) -> torch.Tensor:
     """A (.., H, W) map at image resolution -> feature resolution (nearest, as published)."""
     return F.interpolate(region, scale_factor=1 / FEATURE_STRIDE)
-
-
-def read_memory_dense(memory_keys: torch.Tensor, memory_values: torch.Tensor,
-                      query_key: torch.Tensor, query_value: torch.Tensor) -> torch.Tensor:
-    """The published memory read over every memory position.
-
-    memory_keys (N, Ck, T, h, w) and memory_values (N, Cv, T, h, w) are zero outside their
-    regions, query_key (N, Ck, h, w) and query_value (N, Cv, h, w) outside the query region.
-    Returns (N, 2 * Cv, h, w): [read values, query values].
-    """
-    n, key_dim, frames, height, width = memory_keys.shape
-    value_dim = memory_values.shape[1]
-    mk = memory_keys.reshape(n, key_dim, frames * height * width).transpose(1, 2)
-    qk = query_key.reshape(n, key_dim, height * width)
-    affinity = torch.bmm(mk, qk) / math.sqrt(key_dim)
-    affinity = F.softmax(affinity, dim=1)
-    read = torch.bmm(memory_values.reshape(n, value_dim, frames * height * width), affinity)
-    return torch.cat([read.view(n, value_dim, height, width), query_value], dim=1)
 
 
 class RMNet(torch.nn.Module):

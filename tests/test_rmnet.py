@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import PUBLISHED, normalise, require_shared
-from models.rmnet import ObjectIndex, RMNet, read_memory_dense, warp_backward
+from models.memory_reader import read_memory_dense
+from models.rmnet import ObjectIndex, RMNet, warp_backward
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import load_networks
 from utils.io import read_frame, read_mask
