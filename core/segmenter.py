@@ -1,19 +1,26 @@
 """VideoSegmenter: stream frames in, get masks out (TinyFlowNet + RMNet, test-time augmentation).
 
     seg = VideoSegmenter('RMNet-DAVIS.pth', device='cuda')
-    seg.add_object(30, mask_of_a_late_object)        # optional, before or during segment()
+    seg.add_object(30, mask_of_a_late_object)        # optional: objects that enter later
     for mask in seg.segment(frames, first_mask):      # frames: any iterable of HxWx3 uint8 RGB
         ...                                           # mask: HxW uint8 with the given object ids
 
 Each variant of test-time augmentation (every scale of TEST.FRAME_SCALES, and its mirror with
 TEST.FLIP_LR) runs its own frame loop; their probabilities are resized back and averaged, as
 the published multi-scale test does. The flow of frame t is computed from frames t and t-1
-inside the loop, at the input scale, and resized for each variant.
+inside the loop and resized for each variant.
+
+On a GPU with TEST.REGIONAL_READ (the default) the fast path runs: a preallocated memory on
+the GPU, the regional read kernel, every per-frame step replayed as a CUDA graph, frames
+uploaded and masks downloaded asynchronously through pinned buffers (each mask is yielded
+one frame later, when its copy has landed). TEST.PRECISION = 'bf16' adds bf16 autocast and
+channels-last convolutions. TEST.REGIONAL_READ = False runs the published dense read.
 """
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,8 +31,10 @@ from core.inference_core import InferenceCore
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import load_networks
+from utils.cuda_graph import GraphedStep
 
 logger = logging.getLogger(__name__)
+PRECISIONS = ('fp32', 'bf16')
 
 
 class SegmentationError(ValueError):
@@ -45,29 +54,103 @@ def pick_device(device: Union[str, torch.device, None]) -> torch.device:
     return torch.device(device)
 
 
+def network_size(height: int, width: int, short_side: Optional[int]) -> Tuple[int, int]:
+    """The (height, width) the networks see: the short side scaled to `short_side`."""
+    if not short_side or min(height, width) == short_side:
+        return height, width
+    scale = short_side / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+class _FrameInput:
+    """Frames to the GPU through alternating pinned buffers, normalised, and the flow of each
+    frame from TinyFlowNet (a CUDA graph on the fast path)."""
+
+    def __init__(self, segmenter: 'VideoSegmenter', size: Tuple[int, int], fast: bool):
+        self.segmenter = segmenter
+        self.size = size
+        self.fast = fast
+        self.device = segmenter.device
+        self.pinned: List[torch.Tensor] = []
+        self.events: List[Optional[torch.cuda.Event]] = []
+        self.raw: Optional[torch.Tensor] = None
+        self.previous: Optional[torch.Tensor] = None
+        self.graphed = GraphedStep(self._flow_step, enabled=fast)
+
+    def upload(self, frame: np.ndarray) -> None:
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise SegmentationError(f'frames must be HxWx3 uint8 RGB arrays, got {frame.dtype} {frame.shape}')
+        if self.raw is not None and tuple(frame.shape) != tuple(self.raw.shape):
+            raise SegmentationError(f'frame size {frame.shape[1]}x{frame.shape[0]} differs from the first '
+                                    f'frame ({self.raw.shape[1]}x{self.raw.shape[0]})')
+        if self.device.type != 'cuda':
+            self.raw = torch.from_numpy(frame)
+            return
+        if not self.pinned:
+            self.pinned = [torch.empty(frame.shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
+            self.events = [None, None]
+            self.raw = torch.empty(frame.shape, dtype=torch.uint8, device=self.device)
+            self.turn = 0
+        self.turn ^= 1
+        if self.events[self.turn] is not None:
+            self.events[self.turn].synchronize()
+        self.pinned[self.turn].numpy()[...] = frame
+        self.raw.copy_(self.pinned[self.turn], non_blocking=True)
+        self.events[self.turn] = torch.cuda.Event()
+        self.events[self.turn].record()
+
+    def normalised(self) -> torch.Tensor:
+        seg = self.segmenter
+        x = self.raw.to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        if tuple(x.shape[-2:]) != tuple(self.size):
+            x = F.interpolate(x, size=self.size, mode='bilinear', align_corners=False, antialias=True)
+        return (x - seg.mean) / seg.std
+
+    def _flow_step(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalised()
+        flow = self.segmenter.tflownet.step(x, self.previous).float()
+        self.previous.copy_(x)
+        return x, flow
+
+    def first(self) -> torch.Tensor:
+        x = self.normalised()
+        self.previous = x.clone()
+        return x
+
+    def next(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        x, flow = self.graphed()
+        return x.clone(), flow.clone()
+
+
 class VideoSegmenter:
     """Semi-supervised video object segmentation of one video at a time."""
 
     def __init__(self, weights: Optional[str] = None, device: Union[str, torch.device, None] = None,
                  cfg: Optional[dict] = None, tflownet: Optional[TinyFlowNet] = None,
-                 rmnet: Optional[RMNet] = None):
+                 rmnet: Optional[RMNet] = None, short_side: Optional[int] = None):
         self.cfg = cfg or default_cfg
         self.device = pick_device(device)
+        self.short_side = short_side
         self.tflownet = tflownet or TinyFlowNet(self.cfg)
         self.rmnet = rmnet or RMNet(self.cfg)
         if weights is not None:
             load_networks(weights, tflownet=self.tflownet, rmnet=self.rmnet)
+        test = self.cfg.TEST
+        self.precision = test.PRECISION
+        if self.precision not in PRECISIONS:
+            raise SegmentationError(f'TEST.PRECISION must be one of {PRECISIONS}, got {self.precision!r}')
         self.tflownet.to(self.device).eval()
         self.rmnet.to(self.device).eval()
-        test = self.cfg.TEST
+        if self.precision == 'bf16' and self.device.type == 'cuda':
+            self.tflownet.to(memory_format=torch.channels_last)
+            self.rmnet.to(memory_format=torch.channels_last)
         self.n_channels = int(test.N_MAX_OBJECTS) + 1
         self.memorize_every = int(test.MEMORIZE_EVERY)
         self.regional_read = bool(test.REGIONAL_READ)
+        self.fast = self.regional_read and self.device.type == 'cuda'
         self.variants = [Variant(float(s), flip) for s in test.FRAME_SCALES
                          for flip in ((False, True) if test.FLIP_LR else (False,))]
-        self.precision = test.PRECISION
-        if self.precision not in ('fp32', 'tf32', 'bf16'):
-            raise SegmentationError(f'TEST.PRECISION must be fp32, tf32 or bf16, got {self.precision!r}')
         mean = torch.tensor(self.cfg.CONST.DATASET_MEAN, dtype=torch.float32, device=self.device)
         std = torch.tensor(self.cfg.CONST.DATASET_STD, dtype=torch.float32, device=self.device)
         self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
@@ -77,8 +160,8 @@ class VideoSegmenter:
         """Objects that first appear at `frame_index` (> 0): an (H, W) id mask (or boolean for one
         object). Ids must differ from those of the first mask. Register them before calling
         segment() to reproduce the published results exactly (the published loop knows every
-        object from the start); an object added while segmenting gets no memory of the frames
-        already passed."""
+        object from the start); an object added while segmenting is not in the memory of the
+        frames already passed."""
         if frame_index < 1:
             raise SegmentationError('add_object is for frames after the first; pass frame 0 objects '
                                     'in the first mask')
@@ -94,8 +177,26 @@ class VideoSegmenter:
     @torch.no_grad()
     def segment(self, frames: Iterable[np.ndarray], first_mask: np.ndarray) -> Iterator[np.ndarray]:
         """Yield an (H, W) uint8 id mask for every frame (frame 0 gives back the first mask)."""
-        for probs, ids in self._propagate(frames, first_mask):
-            yield ids[probs.argmax(dim=0)].to(torch.uint8).cpu().numpy()
+        pending: Optional[Tuple[torch.Tensor, Optional[torch.cuda.Event]]] = None
+        buffers: List[torch.Tensor] = []
+        for t, (probs, channel_ids) in enumerate(self._propagate(frames, first_mask)):
+            ids = channel_ids[probs.argmax(dim=0)].to(torch.uint8)
+            if self.device.type != 'cuda':
+                yield ids.numpy()
+                continue
+            if not buffers:
+                buffers = [torch.empty(ids.shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
+            host = buffers[t % 2]
+            host.copy_(ids, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            if pending is not None:
+                pending[1].synchronize()
+                yield pending[0].numpy().copy()
+            pending = (host, event)
+        if pending is not None:
+            pending[1].synchronize()
+            yield pending[0].numpy().copy()
 
     @torch.no_grad()
     def segment_probabilities(self, frames: Iterable[np.ndarray],
@@ -106,7 +207,7 @@ class VideoSegmenter:
 
     def _object_ids(self, first_mask: np.ndarray) -> List[int]:
         ids = set(np.unique(first_mask).tolist())
-        for frame_index, mask in self.later_masks.items():
+        for mask in self.later_masks.values():
             ids |= set(np.unique(mask).tolist())
         ids -= {0, int(self.cfg.CONST.IGNORE_IDX)}
         if not ids:
@@ -116,33 +217,20 @@ class VideoSegmenter:
                                     f'raise it with --set TEST.N_MAX_OBJECTS {len(ids)}')
         return sorted(ids)
 
-    def _one_hot(self, mask: np.ndarray, lookup: torch.Tensor, size) -> torch.Tensor:
-        if mask.shape != tuple(size):
+    def _one_hot(self, mask: np.ndarray, lookup: torch.Tensor, frame_size, net_size) -> torch.Tensor:
+        if mask.shape != tuple(frame_size):
             raise SegmentationError(f'mask size {mask.shape[1]}x{mask.shape[0]} differs from the '
-                                    f'frame size {size[1]}x{size[0]}')
+                                    f'frame size {frame_size[1]}x{frame_size[0]}')
         channels = lookup[torch.from_numpy(mask.astype(np.int64)).to(self.device)]
-        return F.one_hot(channels, self.n_channels).permute(2, 0, 1)[None].float()
-
-    def _normalise(self, frame: np.ndarray) -> torch.Tensor:
-        frame = np.asarray(frame)
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise SegmentationError(f'frames must be HxWx3 uint8 RGB arrays, got {frame.dtype} {frame.shape}')
-        x = torch.from_numpy(frame).to(self.device, non_blocking=True)
-        x = x.permute(2, 0, 1)[None].float() / 255.0
-        return (x - self.mean) / self.std
+        one_hot = F.one_hot(channels, self.n_channels).permute(2, 0, 1)[None].float()
+        if tuple(net_size) != tuple(frame_size):
+            one_hot = F.interpolate(one_hot, size=tuple(net_size), mode='nearest')
+        return one_hot
 
     def _precision_context(self):
-        if self.device.type != 'cuda':
-            return contextlib.nullcontext()
         stack = contextlib.ExitStack()
-        tf32 = self.precision == 'tf32'
-        stack.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
-                                                       allow_tf32=tf32))
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        stack.callback(setattr, torch.backends.cuda.matmul, 'allow_tf32', previous)
-        if self.precision == 'bf16':
-            stack.enter_context(torch.autocast('cuda', dtype=torch.bfloat16))
+        if self.precision == 'bf16' and self.device.type == 'cuda':
+            stack.enter_context(torch.autocast('cuda', dtype=torch.bfloat16, cache_enabled=False))
         return stack
 
     def _propagate(self, frames: Iterable[np.ndarray], first_mask: np.ndarray):
@@ -152,30 +240,47 @@ class VideoSegmenter:
         lookup[torch.tensor(ids, device=self.device)] = torch.arange(1, len(ids) + 1, device=self.device)
         channel_ids = torch.zeros(self.n_channels, dtype=torch.long, device=self.device)
         channel_ids[1:len(ids) + 1] = torch.tensor(ids, device=self.device)
-        cores = [InferenceCore(self.rmnet, [len(ids)], self.memorize_every, self.regional_read)
-                 for _ in self.variants]
-        previous = None
+        expected = len(frames) if isinstance(frames, Sequence) or hasattr(frames, '__len__') else None
+        cores = [InferenceCore(self.rmnet, [len(ids)], self.memorize_every, self.regional_read,
+                               fast=self.fast, expected_frames=expected) for _ in self.variants]
+        frame_input = None
         with self._precision_context():
             for t, frame in enumerate(frames):
-                x = self._normalise(frame)
-                size = x.shape[-2:]
+                if frame_input is None:
+                    frame_size = np.asarray(frame).shape[:2]
+                    net_size = network_size(*frame_size, self.short_side)
+                    frame_input = _FrameInput(self, net_size, self.fast)
+                frame_input.upload(frame)
                 if t == 0:
-                    masks = self._one_hot(first_mask, lookup, size)
+                    x = self._channels_last(frame_input.first())
+                    masks = self._one_hot(first_mask, lookup, frame_size, net_size)
                     for core, variant in zip(cores, self.variants):
                         core.start(self._scale(x, variant), self._scale_mask(masks, variant))
-                    probs = masks[0]
+                    probs = self._to_frame_size(masks, frame_size)[0]
                 else:
-                    flow = self.tflownet.step(x, previous).float()
-                    new_masks = (self._one_hot(self.later_masks[t], lookup, size)
+                    x, flow = frame_input.next()
+                    x = self._channels_last(x)
+                    new_masks = (self._one_hot(self.later_masks[t], lookup, frame_size, net_size)
                                  if t in self.later_masks else None)
                     outputs = []
                     for core, variant in zip(cores, self.variants):
                         new_variant = None if new_masks is None else self._scale_mask(new_masks, variant)
                         out = core.step(self._scale(x, variant), self._scale_flow(flow, variant), new_variant)
-                        outputs.append(self._unscale(out.float(), variant, size))
-                    probs = torch.stack(outputs).mean(dim=0)[0]
-                previous = x
+                        outputs.append(self._unscale(out.float(), variant, net_size))
+                    probs = outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(dim=0)
+                    probs = self._to_frame_size(probs, frame_size)[0]
                 yield probs, channel_ids
+
+    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision == 'bf16' and self.device.type == 'cuda':
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @staticmethod
+    def _to_frame_size(probs: torch.Tensor, frame_size) -> torch.Tensor:
+        if tuple(probs.shape[-2:]) != tuple(frame_size):
+            probs = F.interpolate(probs, size=tuple(frame_size), mode='bilinear', align_corners=False)
+        return probs
 
     @staticmethod
     def _scale(x: torch.Tensor, variant: Variant) -> torch.Tensor:

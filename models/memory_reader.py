@@ -7,6 +7,7 @@ and a query position outside its region has all scores 0 (a plain average of the
 `read_memory_regional` computes only the in-region scores and adds those terms explicitly.
 """
 import math
+from typing import Optional
 
 import torch
 
@@ -76,10 +77,19 @@ def read_memory_regional_torch(memory_keys: torch.Tensor, memory_values: torch.T
 
 def read_memory_regional(memory_keys: torch.Tensor, memory_values: torch.Tensor,
                          memory_regions: torch.Tensor, query_key: torch.Tensor,
-                         query_value: torch.Tensor, query_region: torch.Tensor) -> torch.Tensor:
-    """Regional read: the Triton kernel for CUDA tensors when Triton works, else PyTorch."""
+                         query_value: torch.Tensor, query_region: torch.Tensor,
+                         n_frames: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Regional read: the Triton kernel for CUDA tensors when Triton works, else PyTorch.
+
+    n_frames: a one-element tensor, how many leading memory frames are valid (a preallocated
+    bank); None when every frame is.
+    """
     if memory_keys.is_cuda and triton_available():
         return regional_attention_triton(memory_keys, memory_values, memory_regions, query_key,
-                                         query_value, query_region)
+                                         query_value, query_region, n_frames)
+    if n_frames is not None:
+        frames = int(n_frames.item())
+        memory_keys, memory_values = memory_keys[:, :, :frames], memory_values[:, :, :frames]
+        memory_regions = memory_regions[:, :frames]
     return read_memory_regional_torch(memory_keys, memory_values, memory_regions, query_key,
                                       query_value, query_region)

@@ -10,6 +10,7 @@ dense read (see models.memory_reader) up to rounding.
 import logging
 import math
 import os
+from typing import Optional
 
 import torch
 
@@ -30,23 +31,30 @@ def triton_available() -> bool:
             and os.environ.get('RMNET_NO_TRITON', '') in ('', '0'))
 
 
+_CONFIGS = [(64, 64, 128, 4), (64, 64, 256, 8), (128, 64, 128, 8), (64, 128, 128, 8)]
+
+
 if triton is not None:
+    @triton.autotune(configs=[triton.Config({'BLOCK_Q': q, 'BLOCK_M': m, 'BLOCK_V': v}, num_warps=w, num_stages=2)
+                              for q, m, v, w in _CONFIGS],
+                     key=['n_queries', 'value_dim', 'PRECISE'])
     @triton.jit
-    def _regional_read_kernel(mk_ptr, mv_ptr, mr_ptr, qk_ptr, qr_ptr, uniform_ptr, outside_ptr, out_ptr,
-                              n_positions, n_queries, scale,
+    def _regional_read_kernel(mk_ptr, mv_ptr, mr_ptr, qk_ptr, qr_ptr, uniform_ptr, outside_ptr, count_ptr,
+                              out_ptr, n_queries, value_dim, scale,
                               mk_sn, mk_sc, mk_sp, mv_sn, mv_sc, mv_sp, mr_sn, mr_sp,
                               qk_sn, qk_sc, qk_sq, qr_sn, qr_sq, out_sn, out_sc, out_sq,
-                              KEY_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
-                              BLOCK_V: tl.constexpr, IEEE: tl.constexpr):
+                              KEY_DIM: tl.constexpr, PRECISE: tl.constexpr, BLOCK_Q: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
         q_tile = tl.program_id(0)
         n = tl.program_id(1)
         v_tile = tl.program_id(2)
+        n_positions = tl.load(count_ptr) * n_queries
         offs_q = q_tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
         offs_v = v_tile * BLOCK_V + tl.arange(0, BLOCK_V)
         offs_c = tl.arange(0, KEY_DIM)
         q_valid = offs_q < n_queries
         q_in = tl.load(qr_ptr + n * qr_sn + offs_q * qr_sq, mask=q_valid, other=0) > 0
-        uniform = tl.load(uniform_ptr + n * BLOCK_V * tl.num_programs(2) + offs_v)
+        uniform = tl.load(uniform_ptr + n * value_dim + offs_v)
         result = tl.zeros((BLOCK_Q, BLOCK_V), dtype=tl.float32) + uniform[None, :]
         if tl.max(q_in.to(tl.int32), axis=0) > 0:
             q = tl.load(qk_ptr + n * qk_sn + offs_q[:, None] * qk_sq + offs_c[None, :] * qk_sc,
@@ -62,8 +70,8 @@ if triton is not None:
                 if tl.max(m_in.to(tl.int32), axis=0) > 0:
                     k = tl.load(mk_ptr + n * mk_sn + offs_c[:, None] * mk_sc + offs_m[None, :] * mk_sp,
                                 mask=m_valid[None, :], other=0.0)
-                    if IEEE:
-                        s = tl.dot(q, k, input_precision='ieee')
+                    if PRECISE:
+                        s = tl.dot(q, k, input_precision='tf32x3')
                     else:
                         s = tl.dot(q, k)
                     s = tl.where(m_in[None, :], s * scale, float('-inf'))
@@ -73,8 +81,8 @@ if triton is not None:
                     l_i = l_i * alpha + tl.sum(p, axis=1)
                     v = tl.load(mv_ptr + n * mv_sn + offs_m[:, None] * mv_sp + offs_v[None, :] * mv_sc,
                                 mask=m_valid[:, None], other=0.0)
-                    if IEEE:
-                        acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision='ieee')
+                    if PRECISE:
+                        acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision='tf32x3')
                     else:
                         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
                     m_i = m_new
@@ -86,37 +94,46 @@ if triton is not None:
 
 def regional_attention_triton(memory_keys: torch.Tensor, memory_values: torch.Tensor,
                               memory_regions: torch.Tensor, query_key: torch.Tensor,
-                              query_value: torch.Tensor, query_region: torch.Tensor) -> torch.Tensor:
-    """Same arguments and result as models.memory_reader.read_memory_regional_torch."""
+                              query_value: torch.Tensor, query_region: torch.Tensor,
+                              n_frames: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Same arguments and result as models.memory_reader.read_memory_regional_torch.
+
+    n_frames: a one-element int32 CUDA tensor, the number of leading memory frames to read
+    (the rest of a preallocated bank is ignored); None reads them all. Nothing here waits for
+    the GPU, so the call can be captured in a CUDA graph.
+    """
     global _failed
-    n, key_dim, frames, height, width = memory_keys.shape
+    n, key_dim, capacity, height, width = memory_keys.shape
     value_dim = memory_values.shape[1]
-    n_positions, n_queries = frames * height * width, height * width
-    mk = memory_keys.reshape(n, key_dim, n_positions)
-    mv = memory_values.reshape(n, value_dim, n_positions)
-    mr = memory_regions.reshape(n, n_positions).to(torch.uint8)
-    qk = query_key.reshape(n, key_dim, n_queries)
-    qr = query_region.reshape(n, n_queries).to(torch.uint8)
-    region_f = mr.to(torch.float32)
-    uniform = (torch.einsum('ncp,np->nc', mv.float(), region_f) / n_positions).contiguous()
-    outside = (n_positions - region_f.sum(dim=1)).contiguous()
-    ieee = mk.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    if mk.dtype != torch.float32:
-        qk = qk.to(mk.dtype)
+    n_queries = height * width
+    mk = memory_keys.reshape(n, key_dim, capacity * n_queries)
+    mv = memory_values.reshape(n, value_dim, capacity * n_queries)
+    mr = memory_regions.reshape(n, capacity * n_queries)
+    qk = query_key.reshape(n, key_dim, n_queries).to(mk.dtype)
+    qr = query_region.reshape(n, n_queries)
+    if n_frames is None:
+        n_frames = torch.full((1,), capacity, dtype=torch.int32, device=mk.device)
+    region = mr.to(torch.float32)
+    n_positions = n_frames.to(torch.float32) * n_queries
+    uniform = (torch.einsum('ncp,np->nc', mv.float(), region) / n_positions).contiguous()
+    outside = (n_positions - region.sum(dim=1)).contiguous()
+    precise = mk.dtype == torch.float32
     out = torch.empty(n, value_dim, n_queries, device=mk.device, dtype=query_value.dtype)
-    block_v = 128
-    grid = (triton.cdiv(n_queries, 64), n, value_dim // block_v)
+
+    def grid(meta):
+        return triton.cdiv(n_queries, meta['BLOCK_Q']), n, value_dim // meta['BLOCK_V']
+
     try:
         _regional_read_kernel[grid](
-            mk, mv, mr, qk, qr, uniform, outside, out, n_positions, n_queries, 1.0 / math.sqrt(key_dim),
-            *mk.stride(), *mv.stride(), *mr.stride(), *qk.stride(), *qr.stride(), *out.stride(),
-            KEY_DIM=key_dim, BLOCK_Q=64, BLOCK_M=64, BLOCK_V=block_v, IEEE=ieee,
-            num_warps=4, num_stages=2)
+            mk, mv, mr, qk, qr, uniform, outside, n_frames, out, n_queries, value_dim,
+            1.0 / math.sqrt(key_dim), *mk.stride(), *mv.stride(), *mr.stride(), *qk.stride(),
+            *qr.stride(), *out.stride(), KEY_DIM=key_dim, PRECISE=precise)
     except Exception as e:  # a Triton/driver problem must not stop inference: use PyTorch
         _failed = True
         logger.warning('The Triton regional read failed (%s: %s); using the PyTorch path', type(e).__name__, e)
         from models.memory_reader import read_memory_regional_torch
-        return read_memory_regional_torch(memory_keys, memory_values, memory_regions, query_key,
-                                          query_value, query_region)
+        frames = int(n_frames.item())
+        return read_memory_regional_torch(memory_keys[:, :, :frames], memory_values[:, :, :frames],
+                                          memory_regions[:, :frames], query_key, query_value, query_region)
     read = out.view(n, value_dim, height, width)
     return torch.cat([read, query_value * query_region[:, None].to(query_value.dtype)], dim=1)

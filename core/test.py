@@ -1,0 +1,74 @@
+"""Testing on a benchmark split: masks written as palette PNGs, scored with the DAVIS protocol.
+
+    <out>/<video>/<frame>.png                   predicted ids (those of the given masks)
+    <out>/<video>_overlay/<frame>.png           with cfg.TEST.VISUALIZE
+    <out>/global_results-<split>.csv, <out>/per-sequence_results-<split>.csv
+"""
+import logging
+import os
+import time
+from typing import Dict, Optional
+
+from tqdm import tqdm
+
+from core.scoring import ScoreJob, Scorer
+from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
+from core.streaming import SegmenterSource, experiment_dir, prepare_output_dir
+from datasets.video import Video
+from utils.evaluate import format_table, summarise, write_csvs
+from utils.io import write_image, write_palette_mask
+from utils.visualization import overlay
+from utils.weights import resolve_weights
+
+logger = logging.getLogger(__name__)
+
+
+def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[str] = None,
+             out_dir: Optional[str] = None, short_side: Optional[int] = None) -> Dict[str, float]:
+    """Segment every video of a split, score those with ground truth and return the global
+    numbers (utils.evaluate.GLOBAL_COLUMNS; empty when the split has no ground truth)."""
+    dataset, split = resolve_split(cfg, dataset, split)
+    videos = benchmark_videos(cfg, dataset, split)
+    out_dir = prepare_output_dir(out_dir or experiment_dir(cfg))
+    segmenters = SegmenterSource(resolve_weights(weights), cfg, short_side)
+    with_truth = sum(bool(video.ground_truth) for video in videos)
+    if not with_truth:
+        logger.info('%s %s has no public ground truth: writing the masks only', dataset, split)
+    logger.info('Testing %d videos of %s %s, writing to %s', len(videos), dataset, split, out_dir)
+    with Scorer(int(cfg.TEST.EVAL_WORKERS) if with_truth else 1) as scorer:
+        bar = tqdm(videos, desc=f'{dataset} {split}', unit='video')
+        for video in bar:
+            fps = _segment_and_write(segmenters, video, out_dir, bool(cfg.TEST.VISUALIZE))
+            bar.set_postfix(video=video.name, fps=f'{fps:.1f}')
+            if video.ground_truth:
+                scorer.submit(_score_job(video, out_dir, bool(cfg.TEST.EXCLUDE_VOID)))
+        records = scorer.records()
+    if not records:
+        logger.info('Masks written to %s', out_dir)
+        return {}
+    print(format_table(records))
+    paths = write_csvs(out_dir, split, records)
+    logger.info('Masks in %s; scores in %s and %s', out_dir, *paths)
+    return summarise(records)
+
+
+def _segment_and_write(segmenters: SegmenterSource, video: Video, out_dir: str, visualize: bool) -> float:
+    """Write the masks of the listed frames and of every ground-truth frame; return frames/s."""
+    wanted = set(output_frames(video)) | set(video.ground_truth)
+    start, n_frames = time.perf_counter(), 0
+    for t, (frame, ids) in enumerate(stream_video(segmenters, video)):
+        n_frames = t + 1
+        if t not in wanted:
+            continue
+        name = video.output_names[t]
+        write_palette_mask(os.path.join(out_dir, video.name, f'{name}.png'), ids)
+        if visualize:
+            write_image(os.path.join(out_dir, f'{video.name}_overlay', f'{name}.png'), overlay(frame, ids))
+    return n_frames / max(time.perf_counter() - start, 1e-9)
+
+
+def _score_job(video: Video, out_dir: str, exclude_void: bool) -> ScoreJob:
+    frames = sorted(video.ground_truth)
+    return ScoreJob(video.name, [video.ground_truth[t] for t in frames],
+                    [os.path.join(out_dir, video.name, f'{video.output_names[t]}.png') for t in frames],
+                    video.binary, exclude_void)
