@@ -73,7 +73,8 @@ class InferenceCore:
     def step(self, frame: torch.Tensor, flow: torch.Tensor,
              new_masks: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Segment the next frame. `new_masks` (B, K, H, W): the given masks of this frame when
-        objects appear in it. Returns probabilities (B, K, H, W)."""
+        objects appear in it. Returns probabilities (B, K, H, W); on the fast path they live in
+        a buffer that the next step overwrites."""
         keep = self.frame_index % self.memorize_every == 0 or self.prev_has_new_objects
         if len(self.objects) == 0:
             probs = self._background_only(frame)
@@ -98,7 +99,7 @@ class InferenceCore:
             self.new_masks_in.copy_(new_masks)
         if self.memory.keys is not None and self.memory.n_kept + 1 > self.memory.capacity:
             self.graphed.reset()
-        return self.graphed().clone()
+        return self.graphed()
 
     def _graph_step(self) -> torch.Tensor:
         probs = self._compute(self.prev_frame, self.prev_probs, self.frame_in, self.flow_in,
@@ -124,8 +125,8 @@ class InferenceCore:
             query_inside = query_region[:, None]
             read = read_memory_dense(memory_keys * inside, memory_values * inside,
                                      query_key * query_inside, query_value * query_inside)
-        fg_probs = network.decode(read, r3[objects.batch], r2[objects.batch])
-        logits = network.aggregate(fg_probs.float(), objects, self.n_channels, pad)
+        fg_probs = network.decode(read, r3, r2, objects)
+        logits = network.aggregate(fg_probs, objects, self.n_channels, pad)
         return F.softmax(self._objects_present(logits, new_masks, new_flag), dim=1)
 
     def _objects_present(self, logits: torch.Tensor, new_masks: Optional[torch.Tensor],

@@ -17,8 +17,8 @@ one frame later, when its copy has landed). TEST.PRECISION = 'bf16' adds bf16 au
 channels-last convolutions. TEST.REGIONAL_READ = False runs the published dense read.
 """
 import contextlib
+import copy
 import logging
-import math
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from config import cfg as default_cfg
 from core.inference_core import InferenceCore
+from models.folding import fold_batch_norms
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import load_networks
@@ -119,8 +120,8 @@ class _FrameInput:
         return x
 
     def next(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        x, flow = self.graphed()
-        return x.clone(), flow.clone()
+        """The normalised frame and its flow; on the fast path they are overwritten next time."""
+        return self.graphed()
 
 
 class VideoSegmenter:
@@ -142,37 +143,55 @@ class VideoSegmenter:
             raise SegmentationError(f'TEST.PRECISION must be one of {PRECISIONS}, got {self.precision!r}')
         self.tflownet.to(self.device).eval()
         self.rmnet.to(self.device).eval()
-        if self.precision == 'bf16' and self.device.type == 'cuda':
-            self.tflownet.to(memory_format=torch.channels_last)
-            self.rmnet.to(memory_format=torch.channels_last)
-        self.n_channels = int(test.N_MAX_OBJECTS) + 1
         self.memorize_every = int(test.MEMORIZE_EVERY)
         self.regional_read = bool(test.REGIONAL_READ)
         self.fast = self.regional_read and self.device.type == 'cuda'
+        self.max_objects = int(test.N_MAX_OBJECTS)
+        if self.precision == 'bf16' and self.device.type == 'cuda':
+            self.rmnet = fold_batch_norms(self.rmnet).to(torch.bfloat16)
+            self.tflownet = copy.deepcopy(self.tflownet).to(torch.bfloat16)
+            self.tflownet.to(memory_format=torch.channels_last)
+            self.rmnet.to(memory_format=torch.channels_last)
         self.variants = [Variant(float(s), flip) for s in test.FRAME_SCALES
                          for flip in ((False, True) if test.FLIP_LR else (False,))]
         mean = torch.tensor(self.cfg.CONST.DATASET_MEAN, dtype=torch.float32, device=self.device)
         std = torch.tensor(self.cfg.CONST.DATASET_STD, dtype=torch.float32, device=self.device)
         self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self.later_masks: Dict[int, np.ndarray] = {}
+        self.later_objects: List[Tuple[int, np.ndarray, Optional[int]]] = []
 
-    def add_object(self, frame_index: int, mask: np.ndarray) -> None:
-        """Objects that first appear at `frame_index` (> 0): an (H, W) id mask (or boolean for one
-        object). Ids must differ from those of the first mask. Register them before calling
-        segment() to reproduce the published results exactly (the published loop knows every
-        object from the start); an object added while segmenting is not in the memory of the
-        frames already passed."""
+    def add_object(self, frame_index: int, mask: np.ndarray, object_id: Optional[int] = None) -> None:
+        """An object that first appears at `frame_index` (> 0): an (H, W) id mask, or a boolean
+        mask with its `object_id` (default: one above every id known when segmenting starts).
+        Register objects before calling segment() to reproduce the published results exactly
+        (the published loop knows every object from the start); an object added while
+        segmenting is not in the memory of the frames already passed."""
         if frame_index < 1:
             raise SegmentationError('add_object is for frames after the first; pass frame 0 objects '
                                     'in the first mask')
         mask = np.asarray(mask)
         if mask.dtype == bool:
-            mask = mask.astype(np.uint8)
+            self.later_objects.append((frame_index, mask, object_id))
+            return
         if frame_index in self.later_masks:
             merged = self.later_masks[frame_index].copy()
             merged[mask > 0] = mask[mask > 0]
             mask = merged
         self.later_masks[frame_index] = mask
+
+    def _resolve_boolean_objects(self, first_mask: np.ndarray) -> None:
+        known = set(np.unique(first_mask).tolist())
+        for mask in self.later_masks.values():
+            known |= set(np.unique(mask).tolist())
+        known -= {int(self.cfg.CONST.IGNORE_IDX)}
+        for frame_index, mask, object_id in self.later_objects:
+            object_id = object_id or max(known) + 1
+            known.add(object_id)
+            ids = np.where(mask, object_id, 0).astype(np.uint8)
+            if frame_index in self.later_masks:
+                ids = np.where(mask, object_id, self.later_masks[frame_index]).astype(np.uint8)
+            self.later_masks[frame_index] = ids
+        self.later_objects = []
 
     @torch.no_grad()
     def segment(self, frames: Iterable[np.ndarray], first_mask: np.ndarray) -> Iterator[np.ndarray]:
@@ -203,7 +222,7 @@ class VideoSegmenter:
                               first_mask: np.ndarray) -> Iterator[torch.Tensor]:
         """Yield (K, H, W) probabilities per frame; channel k is the k-th id in sorted order."""
         for probs, _ in self._propagate(frames, first_mask):
-            yield probs
+            yield probs.clone()
 
     def _object_ids(self, first_mask: np.ndarray) -> List[int]:
         ids = set(np.unique(first_mask).tolist())
@@ -212,8 +231,8 @@ class VideoSegmenter:
         ids -= {0, int(self.cfg.CONST.IGNORE_IDX)}
         if not ids:
             raise SegmentationError('the first mask has no object (every pixel is 0 or void)')
-        if len(ids) > self.n_channels - 1:
-            raise SegmentationError(f'{len(ids)} objects, but TEST.N_MAX_OBJECTS is {self.n_channels - 1}; '
+        if len(ids) > self.max_objects:
+            raise SegmentationError(f'{len(ids)} objects, but TEST.N_MAX_OBJECTS is {self.max_objects}; '
                                     f'raise it with --set TEST.N_MAX_OBJECTS {len(ids)}')
         return sorted(ids)
 
@@ -235,7 +254,11 @@ class VideoSegmenter:
 
     def _propagate(self, frames: Iterable[np.ndarray], first_mask: np.ndarray):
         first_mask = np.asarray(first_mask)
+        self._resolve_boolean_objects(first_mask)
         ids = self._object_ids(first_mask)
+        # the published loop carries N_MAX_OBJECTS + 1 channels; the fast path only the video's
+        # objects (the absent channels change the softmax by about 1e-7)
+        self.n_channels = len(ids) + 1 if self.fast else self.max_objects + 1
         lookup = torch.zeros(256, dtype=torch.long, device=self.device)
         lookup[torch.tensor(ids, device=self.device)] = torch.arange(1, len(ids) + 1, device=self.device)
         channel_ids = torch.zeros(self.n_channels, dtype=torch.long, device=self.device)

@@ -99,10 +99,16 @@ class Refine(torch.nn.Module):
         self.ResFS = ResBlock(planes, planes)
         self.ResMM = ResBlock(planes, planes)
 
-    def forward(self, f: torch.Tensor, pm: torch.Tensor) -> torch.Tensor:
-        s = self.ResFS(self.convFS(f))
+    def skip(self, f: torch.Tensor) -> torch.Tensor:
+        """The skip-feature branch; it depends on the frame only, not on the object."""
+        return self.ResFS(self.convFS(f))
+
+    def merge(self, s: torch.Tensor, pm: torch.Tensor) -> torch.Tensor:
         m = s + F.interpolate(pm, scale_factor=2, mode='bilinear', align_corners=False)
         return self.ResMM(m)
+
+    def forward(self, f: torch.Tensor, pm: torch.Tensor) -> torch.Tensor:
+        return self.merge(self.skip(f), pm)
 
 
 class Decoder(torch.nn.Module):
@@ -114,12 +120,20 @@ class Decoder(torch.nn.Module):
         self.RF2 = Refine(256, mdim)
         self.pred2 = torch.nn.Conv2d(mdim, 2, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, r3: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+    def skips(self, r3: torch.Tensor, r2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Skip features of a frame's r3 and r2, shared by all of its objects."""
+        return self.RF3.skip(r3), self.RF2.skip(r2)
+
+    def decode(self, x: torch.Tensor, s3: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        """Memory read (N, 1024, h, w) and per-object skip features -> logits (N, 2, H, W)."""
         m4 = self.ResMM(self.convFM(x))
-        m3 = self.RF3(r3, m4)
-        m2 = self.RF2(r2, m3)
-        p = self.pred2(F.relu(m2))
+        m3 = self.RF3.merge(s3, m4)
+        m2 = self.RF2.merge(s2, m3)
+        p = self.pred2(F.relu(m2)).contiguous()
         return F.interpolate(p, scale_factor=4, mode='bilinear', align_corners=False)
+
+    def forward(self, x: torch.Tensor, r3: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+        return self.decode(x, *self.skips(r3, r2))
 
 
 @dataclass
@@ -223,10 +237,13 @@ class RMNet(torch.nn.Module):
         key, value = self.kv_query(r4)
         return key, value, r3, r2, pad
 
-    def decode(self, read: torch.Tensor, r3: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
-        """Memory read (N, 1024, h, w) and skip features -> foreground probability (N, H, W)."""
-        logits = self.decoder(read, r3, r2)
-        return F.softmax(logits, dim=1)[:, 1]
+    def decode(self, read: torch.Tensor, r3: torch.Tensor, r2: torch.Tensor,
+               objects: ObjectIndex) -> torch.Tensor:
+        """Memory read (N, 1024, h, w) and the frames' r3, r2 -> foreground probability (N, H, W).
+        The skip branches are computed once per frame and shared by its objects."""
+        s3, s2 = self.decoder.skips(r3, r2)
+        logits = self.decoder.decode(read, s3[objects.batch], s2[objects.batch])
+        return F.softmax(logits.float(), dim=1)[:, 1]
 
     @staticmethod
     def aggregate(fg_probs: torch.Tensor, objects: ObjectIndex, n_channels: int,

