@@ -55,7 +55,8 @@ __C.DATASET = edict()
 # A suffix xN repeats a dataset N times (N < 1 samples a fraction); DAVIS_FRAMES uses every DAVIS
 # frame as a static image.
 __C.DATASET.TRAIN_DATASET = ['YOUTUBE_VOS', 'DAVISx5']
-__C.DATASET.VAL_DATASET = 'DAVIS'
+__C.DATASET.VAL_DATASET = 'DAVIS'                         # empty: no validation while training
+__C.DATASET.VAL_SPLIT = 'val'
 __C.DATASET.VAL_VIDEOS = []                               # empty: the whole validation split
 __C.DATASET.TEST_DATASET = 'DAVIS'                        # DAVIS | DAVIS2016 | YOUTUBE_VOS | YOUTUBE_VOS_2019
 
@@ -109,6 +110,7 @@ __C.TRAIN.PRECISION = 'fp32'                              # fp32 | bf16 | fp16 (
 __C.TRAIN.PRETRAINED_BACKBONE = True                      # ImageNet ResNet-50 from torchvision
 __C.TRAIN.SAVE_FREQ = 10                                  # keep a numbered checkpoint every N epochs
 __C.TRAIN.VISUALIZE_EVERY = 100                           # TensorBoard images every N steps
+__C.TRAIN.RESUME = ''                                     # checkpoint to continue from (or --resume)
 __C.TRAIN.AUGMENTATION = edict()
 __C.TRAIN.AUGMENTATION.RESIZE_SIZE = 480                  # short side
 __C.TRAIN.AUGMENTATION.RESIZE_KEEP_RATIO = True
@@ -135,3 +137,5 @@ __C.TEST.PRECISION = 'fp32'                               # fp32 (published numb
 __C.TEST.REGIONAL_READ = False                            # False: the published dense memory read
 __C.TEST.MAIN_METRIC_NAME = 'JF-Mean'
 __C.TEST.VISUALIZE = False                                # write overlays beside the masks
+__C.TEST.EVAL_WORKERS = 2                                 # processes scoring videos while the next runs (1: inline)
+__C.TEST.EXCLUDE_VOID = False                             # False: void (255) is background (official protocol)

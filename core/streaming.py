@@ -14,10 +14,14 @@ from utils.io import DataError
 logger = logging.getLogger(__name__)
 
 
+def timestamp() -> str:
+    """The default experiment name: the current local time."""
+    return datetime.datetime.now().strftime('%Y-%m-%d_%H-%M-%S')
+
+
 def experiment_dir(cfg) -> str:
     """cfg.DIR.OUT_PATH/<cfg.CONST.EXP_NAME>, or a timestamp when no experiment name is set."""
-    name = cfg.CONST.EXP_NAME or datetime.datetime.now().strftime('%Y-%m-%d_%H-%M-%S')
-    return os.path.join(cfg.DIR.OUT_PATH, name)
+    return os.path.join(cfg.DIR.OUT_PATH, cfg.CONST.EXP_NAME or timestamp())
 
 
 def prepare_output_dir(path: str) -> str:

@@ -1,0 +1,145 @@
+"""python runner.py --inference: benchmark result layouts, a user's own video, and the Python API."""
+import inspect
+import os
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+import runner
+from core.inference import VideoSegmenter
+from clips import (SIZE, davis_root, frame_folder, read_ids, restore_cfg, two_object_clip,  # noqa: F401
+                   youtube_root)
+from utils.io import write_palette_mask
+from utils.video_io import VideoWriter
+
+HEIGHT, WIDTH = SIZE[1], SIZE[0]
+
+
+@pytest.fixture(scope='module')
+def clip():
+    return two_object_clip(6)
+
+
+def frame_count(path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        count = 0
+        while capture.read()[0]:
+            count += 1
+        return count
+    finally:
+        capture.release()
+
+
+def zip_names(path):
+    with zipfile.ZipFile(path) as archive:
+        return sorted(archive.namelist())
+
+
+def test_davis_results_layout_and_zip(tmp_path, clip, synth_checkpoint):
+    frames, masks = clip
+    root = davis_root(str(tmp_path / 'DAVIS'), {'hike': (frames[:3], masks[:3])})
+    out = tmp_path / 'out'
+    assert runner.main(['--inference', '--weights', synth_checkpoint, '--dataset', 'DAVIS', '--split', 'train',
+                        '--output', str(out), '--set', 'DATASETS.DAVIS.ROOT', root, '--visualize']) == 0
+    names = ['00000.png', '00001.png', '00002.png']
+    assert sorted(os.listdir(out / 'hike')) == names
+    for name in names:
+        assert read_ids(str(out / 'hike' / name)).shape == (HEIGHT, WIDTH)
+    assert np.array_equal(read_ids(str(out / 'hike' / '00000.png')), masks[0])
+    assert zip_names(out / 'train.zip') == [f'hike/{name}' for name in names]
+    assert frame_count(out / 'overlay' / 'hike.mp4') == 3
+
+
+def test_youtube_vos_listed_frames_object_appearing_mid_video(tmp_path, clip, synth_checkpoint):
+    frames, masks = clip
+    root = youtube_root(str(tmp_path / 'YouTubeVOS'), 'walkers', frames, masks, {1: [0, 2, 4], 2: [2, 4]})
+    out = tmp_path / 'out'
+    assert runner.main(['--inference', '--weights', synth_checkpoint, '--dataset', 'YOUTUBE_VOS',
+                        '--output', str(out), '--set', 'DATASETS.YOUTUBE_VOS.ROOT', root]) == 0
+    video_dir = out / 'Annotations' / 'walkers'
+    assert sorted(os.listdir(video_dir)) == ['00000.png', '00002.png', '00004.png']    # listed frames only
+    first, appears = read_ids(str(video_dir / '00000.png')), read_ids(str(video_dir / '00002.png'))
+    assert first.shape == appears.shape == (HEIGHT, WIDTH)
+    assert set(np.unique(first)) == {0, 1}
+    assert (appears[masks[2] == 2] == 2).all()             # given at frame 2: segmented from there
+    assert zip_names(out / 'valid.zip') == [f'Annotations/walkers/{name}' for name in sorted(os.listdir(video_dir))]
+
+
+def user_inputs(tmp_path, clip):
+    """A frame folder, a first mask with ids 3 and 7, and a later mask with id 9 at frame 2."""
+    frames, masks = clip
+    video = frame_folder(str(tmp_path / 'frames'), frames[:4])
+    first = np.select([masks[0] == 1, masks[0] == 2], [3, 7], 0).astype(np.uint8)
+    later = np.zeros_like(first)
+    later[5:30, 110:150] = 9
+    write_palette_mask(str(tmp_path / 'first.png'), first)
+    write_palette_mask(str(tmp_path / 'later.png'), later)
+    return video, first, later
+
+
+def test_own_video_outputs_keep_user_ids(tmp_path, clip, synth_checkpoint, capsys):
+    video, first, later = user_inputs(tmp_path, clip)
+    out = tmp_path / 'out'
+    assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
+                        '--mask', f'2:{tmp_path / "later.png"}', '--weights', synth_checkpoint,
+                        '--output', str(out), '--binary']) == 0
+    names = [f'{t:05d}.png' for t in range(4)]
+    assert sorted(os.listdir(out / 'masks')) == names
+    ids = [read_ids(str(out / 'masks' / name)) for name in names]
+    assert np.array_equal(ids[0], first)
+    assert all(set(np.unique(mask)) <= {0, 3, 7, 9} for mask in ids)
+    assert 9 not in ids[0] and 9 not in ids[1] and (ids[2][later == 9] == 9).all()
+    assert frame_count(out / 'overlay.mp4') == 4
+    assert sorted(os.listdir(out / 'binary')) == ['3', '7', '9']
+    binary = cv2.imread(str(out / 'binary' / '7' / '00003.png'), cv2.IMREAD_UNCHANGED)
+    assert binary.shape == (HEIGHT, WIDTH) and set(np.unique(binary)) <= {0, 255}
+    assert np.array_equal(binary == 255, ids[3] == 7)
+    summary = capsys.readouterr().out
+    assert '4 frames, 3 object(s)' in summary and str(out / 'masks') in summary
+
+
+def test_own_video_file(tmp_path, clip, synth_checkpoint):
+    frames, masks = clip
+    with VideoWriter(str(tmp_path / 'clip.mp4'), 24.0) as writer:
+        for frame in frames[:3]:
+            writer.write(frame)
+    write_palette_mask(str(tmp_path / 'first.png'), masks[0])
+    out = tmp_path / 'out'
+    assert runner.main(['--inference', '--video', writer.path, '--mask', str(tmp_path / 'first.png'),
+                        '--weights', synth_checkpoint, '--output', str(out), '--precision', 'fp32']) == 0
+    assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png', '00002.png']
+    assert frame_count(out / 'overlay.mp4') == 3
+
+
+@pytest.mark.skipif('short_side' not in inspect.signature(VideoSegmenter).parameters,
+                    reason='this VideoSegmenter has no short_side argument')
+def test_own_video_size_keeps_input_size(tmp_path, clip, synth_checkpoint):
+    video, first, _ = user_inputs(tmp_path, clip)
+    out = tmp_path / 'out'
+    assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
+                        '--weights', synth_checkpoint, '--output', str(out), '--size', '64']) == 0
+    assert read_ids(str(out / 'masks' / '00003.png')).shape == (HEIGHT, WIDTH)
+
+
+def test_python_api_streams_and_takes_late_objects(clip, synth_checkpoint):
+    frames, masks = clip
+    consumed = []
+
+    def source():
+        for frame in frames[:4]:
+            consumed.append(len(consumed))
+            yield frame
+
+    segmenter = VideoSegmenter(synth_checkpoint, 'cpu')
+    later = np.where(masks[2] == 2, 2, 0).astype(np.uint8)
+    segmenter.add_object(2, later)
+    outputs = []
+    for t, ids in enumerate(segmenter.segment(source(), np.where(masks[0] == 1, 1, 0).astype(np.uint8))):
+        assert len(consumed) <= t + 2                       # frames are pulled as masks are produced
+        assert ids.shape == (HEIGHT, WIDTH) and ids.dtype == np.uint8
+        outputs.append(ids)
+    assert len(outputs) == 4
+    assert 2 not in outputs[0] and 2 not in outputs[1] and (outputs[2][later == 2] == 2).all()

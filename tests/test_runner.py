@@ -1,0 +1,209 @@
+"""runner.py: options, config overrides, and one `error:` line with status 2 for every expected failure."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import runner
+from clips import SIZE, frame_folder, read_ids, restore_cfg, two_object_clip  # noqa: F401
+from conftest import ROOT
+from config import cfg
+from utils.io import write_palette_mask
+
+
+@pytest.fixture(scope='module')
+def clip():
+    return two_object_clip(4)
+
+
+@pytest.fixture
+def video(tmp_path, clip):
+    return frame_folder(str(tmp_path / 'frames'), clip[0])
+
+
+@pytest.fixture
+def mask(tmp_path, clip):
+    path = str(tmp_path / 'mask.png')
+    write_palette_mask(path, clip[1][0])
+    return path
+
+
+def own_video(video, mask, weights, output, *extra):
+    return ['--inference', '--video', video, '--mask', mask, '--weights', weights, '--output', output, *extra]
+
+
+def expect_error(capsys, argv, *fragments):
+    """Run the CLI in-process; check status 2, one `error:` message holding `fragments`, no traceback."""
+    assert runner.main(argv) == 2
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    message = err[err.index('error: '):]
+    for fragment in fragments:
+        assert fragment in message, f'{fragment!r} not in {message!r}'
+    return message
+
+
+def test_published_invocations_parse():
+    args = runner.parse_args(['--test', '--weights=/path/model.pth'])
+    assert args.test and not args.inference and args.weights == '/path/model.pth'
+    args = runner.parse_args(['--inference', '--weights=davis'])
+    assert args.inference and args.video is None and args.benchmark is None
+    args = runner.parse_args(['--gpu', '1', '--benchmark', '--frames', '30', '--weights', 'w.pth'])
+    assert args.gpu == '1' and args.benchmark == ['--frames', '30', '--weights', 'w.pth']
+
+
+def test_own_video_options_parse():
+    args = runner.parse_args(['--video', 'clip.mp4', '--mask', 'a.png', '--mask', '12:b.png', '--size', '360',
+                              '--precision', 'bf16', '--binary', '--resize-mask'])
+    assert args.inference and args.mask == [(0, 'a.png'), (12, 'b.png')]
+    assert (args.size, args.precision, args.binary, args.resize_mask) == (360, 'bf16', True, True)
+
+
+@pytest.mark.parametrize('argv', [['--mask', 'a.png'], ['--video', 'v.mp4'], ['--test', '--video', 'v.mp4'],
+                                  ['--test', '--inference'], ['--output', 'out'], ['--size', '0', '--test'],
+                                  ['--video', 'v.mp4', '--mask', 'a.png', '--dataset', 'DAVIS']])
+def test_misuse_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert 'error:' in capsys.readouterr().err
+
+
+def test_cfg_file_and_set_overrides_are_applied(tmp_path):
+    config_file = tmp_path / 'overrides.json'
+    config_file.write_text(json.dumps({'TEST': {'MEMORIZE_EVERY': 3, 'FRAME_SCALES': [1.0, 1.5]}}))
+    args = runner.parse_args(['--test', '--cfg', str(config_file), '--set', 'TEST.FLIP_LR', 'True',
+                              '--set', 'TEST.MEMORIZE_EVERY', '7', '--exp', 'run1', '--precision', 'bf16',
+                              '--visualize'])
+    runner.configure(args)
+    assert cfg.TEST.MEMORIZE_EVERY == 7            # --set comes after --cfg
+    assert cfg.TEST.FRAME_SCALES == [1.0, 1.5] and cfg.TEST.FLIP_LR is True
+    assert (cfg.CONST.EXP_NAME, cfg.TEST.PRECISION, cfg.TEST.VISUALIZE) == ('run1', 'bf16', True)
+
+
+def test_seed_is_fixed_unless_rand():
+    runner.configure(runner.parse_args(['--test']))
+    first = torch.rand(3)
+    runner.configure(runner.parse_args(['--test']))
+    assert torch.equal(first, torch.rand(3))
+
+
+def test_gpu_sets_visible_devices_and_missing_weights_is_an_error(monkeypatch, capsys):
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '0')        # restored after the test
+    expect_error(capsys, ['--gpu', '3', '--test'], '--test needs weights')
+    assert os.environ['CUDA_VISIBLE_DEVICES'] == '3'
+
+
+def test_bad_override_and_bad_config_file(tmp_path, capsys):
+    expect_error(capsys, ['--test', '--set', 'TEST.NO_SUCH_KEY', '1'], 'TEST.NO_SUCH_KEY')
+    expect_error(capsys, ['--test', '--set', 'TEST.MEMORIZE_EVERY', 'often'], 'TEST.MEMORIZE_EVERY')
+    expect_error(capsys, ['--test', '--cfg', str(tmp_path / 'missing.py')], 'missing.py', 'not found')
+
+
+def test_unreadable_and_empty_videos(tmp_path, mask, capsys):
+    empty_file = tmp_path / 'empty.mp4'
+    empty_file.write_bytes(b'')
+    expect_error(capsys, own_video(str(empty_file), mask, 'w.pth', str(tmp_path / 'out')), 'empty.mp4',
+                 'cannot open')
+    (tmp_path / 'no_frames').mkdir()
+    expect_error(capsys, own_video(str(tmp_path / 'no_frames'), mask, 'w.pth', str(tmp_path / 'out')),
+                 'no_frames', 'no frames')
+    expect_error(capsys, own_video(str(tmp_path / 'absent.mp4'), mask, 'w.pth', str(tmp_path / 'out')),
+                 'absent.mp4')
+
+
+def test_corrupt_frame_mid_video_keeps_earlier_outputs(tmp_path, video, mask, synth_checkpoint, capsys):
+    (tmp_path / 'frames' / '00002.jpg').write_bytes(b'\xff\xd8 not a jpeg')
+    out = tmp_path / 'out'
+    expect_error(capsys, own_video(video, mask, synth_checkpoint, str(out)), '00002.jpg', 'frame 2',
+                 'masks of frames 0..1 are kept')
+    assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png']
+    capture = cv2.VideoCapture(str(out / 'overlay.mp4'))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    capture.release()
+    assert not [name for name in os.listdir(out) if name.startswith('.')]     # no temporary files left
+
+
+def test_mask_of_another_size_then_resize_mask(tmp_path, video, clip, synth_checkpoint, capsys):
+    small = str(tmp_path / 'small.png')
+    write_palette_mask(small, cv2.resize(clip[1][0], (80, 45), interpolation=cv2.INTER_NEAREST))
+    expect_error(capsys, own_video(video, small, synth_checkpoint, str(tmp_path / 'out')), 'small.png',
+                 '45x80', '90x160')
+    assert runner.main(own_video(video, small, synth_checkpoint, str(tmp_path / 'out'), '--resize-mask')) == 0
+    assert read_ids(str(tmp_path / 'out' / 'masks' / '00003.png')).shape == (SIZE[1], SIZE[0])
+
+
+def test_mask_without_object(tmp_path, video, capsys):
+    blank = str(tmp_path / 'blank.png')
+    write_palette_mask(blank, np.zeros((SIZE[1], SIZE[0]), np.uint8))
+    expect_error(capsys, own_video(video, blank, 'w.pth', str(tmp_path / 'out')), 'blank.png', 'no object')
+
+
+def test_too_many_objects(tmp_path, video, capsys):
+    three = np.zeros((SIZE[1], SIZE[0]), np.uint8)
+    three[10:30, 10:30], three[40:60, 40:60], three[10:30, 100:130] = 1, 2, 3
+    path = str(tmp_path / 'three.png')
+    write_palette_mask(path, three)
+    expect_error(capsys, own_video(video, path, 'w.pth', str(tmp_path / 'out'), '--set', 'TEST.N_MAX_OBJECTS', '2'),
+                 'three.png', 'at most 2')
+
+
+def test_later_mask_past_the_end(tmp_path, video, mask, capsys):
+    expect_error(capsys, own_video(video, mask, 'w.pth', str(tmp_path / 'out'), '--mask', f'9:{mask}'),
+                 'frame 9', '4 frames')
+
+
+def test_antialiased_colour_mask_works(tmp_path, video, synth_checkpoint):
+    colour = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    cv2.circle(colour, (60, 45), 20, (255, 0, 0), -1, cv2.LINE_AA)
+    cv2.ellipse(colour, (120, 50), (18, 25), 30, 0, 360, (0, 255, 0), -1, cv2.LINE_AA)
+    assert len(np.unique(colour.reshape(-1, 3), axis=0)) > 10        # blended edges
+    path = str(tmp_path / 'drawn.png')
+    Image.fromarray(colour).save(path)
+    out = tmp_path / 'out'
+    assert runner.main(own_video(video, path, synth_checkpoint, str(out))) == 0
+    first = read_ids(str(out / 'masks' / '00000.png'))
+    assert set(np.unique(first)) == {0, 1, 2}                      # DAVIS red is 1, green is 2
+    assert first[45, 60] == 1 and first[50, 120] == 2
+
+
+def test_output_folder_not_writable(tmp_path, video, mask, capsys):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    expect_error(capsys, own_video(video, mask, 'w.pth', str(blocker / 'out')), str(blocker / 'out'),
+                 'cannot be written')
+
+
+def test_truncated_weights(tmp_path, video, mask, synth_checkpoint, capsys):
+    truncated = tmp_path / 'truncated.pth'
+    with open(synth_checkpoint, 'rb') as f:
+        truncated.write_bytes(f.read(1 << 16))
+    expect_error(capsys, own_video(video, mask, str(truncated), str(tmp_path / 'out')), 'truncated.pth',
+                 'not a readable PyTorch checkpoint')
+
+
+def test_weights_of_another_network(tmp_path, video, mask, capsys):
+    foreign = tmp_path / 'foreign.pth'
+    torch.save({'tflownet': {'module.conv.weight': torch.zeros(3)}, 'rmnet': {'module.fc.weight': torch.zeros(2)}},
+               foreign)
+    expect_error(capsys, own_video(video, mask, str(foreign), str(tmp_path / 'out')), 'foreign.pth',
+                 'does not fit')
+    expect_error(capsys, own_video(video, mask, str(tmp_path / 'absent.pth'), str(tmp_path / 'out')),
+                 'absent.pth', 'no such weights file')
+
+
+def test_exit_status_of_a_real_process(tmp_path, video, clip):
+    small = str(tmp_path / 'small.png')
+    write_palette_mask(small, clip[1][0][:45, :80])
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'runner.py'), *own_video(
+        video, small, 'w.pth', str(tmp_path / 'out'))], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.startswith('error: ') or '\nerror: ' in result.stderr
+    assert 'Traceback' not in result.stderr and '45x80' in result.stderr

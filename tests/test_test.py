@@ -1,0 +1,67 @@
+"""python runner.py --test: masks of a DAVIS-layout split, J/F per object and overall, CSV files."""
+import csv
+import logging
+import os
+
+import numpy as np
+import pytest
+
+import runner
+from clips import SIZE, davis_root, one_object_clip, read_ids, restore_cfg, two_object_clip  # noqa: F401
+from utils.evaluate import GLOBAL_COLUMNS
+
+
+@pytest.fixture(scope='module')
+def clips():
+    return {'hike': two_object_clip(3), 'bear': one_object_clip('bear', 3)}
+
+
+def run_test(root, out, dataset, weights, *extra):
+    return runner.main(['--test', '--weights', weights, '--dataset', dataset, '--split', 'train', '--output', str(out),
+                        '--set', f'DATASETS.{dataset}.ROOT', str(root), *extra])
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.reader(f))
+
+
+def test_davis_prints_scores_and_writes_masks_and_csvs(tmp_path, clips, synth_checkpoint, capsys):
+    root = davis_root(str(tmp_path / 'DAVIS'), clips)
+    out = tmp_path / 'out'
+    assert run_test(root, out, 'DAVIS', synth_checkpoint, '--set', 'TEST.EVAL_WORKERS', '1', '--visualize') == 0
+    printed = capsys.readouterr().out
+    for row in ('hike_1', 'hike_2', 'bear_1', 'J&F-Mean', 'F-Decay'):
+        assert row in printed
+    for name, (_, masks) in clips.items():
+        assert sorted(os.listdir(out / name)) == ['00000.png', '00001.png', '00002.png']
+        first = read_ids(str(out / name / '00000.png'))
+        assert first.shape == (SIZE[1], SIZE[0]) and np.array_equal(first, masks[0])
+        assert set(np.unique(read_ids(str(out / name / '00002.png')))) <= set(np.unique(masks[0]))
+        assert sorted(os.listdir(out / f'{name}_overlay')) == ['00000.png', '00001.png', '00002.png']
+    global_rows = read_csv(out / 'global_results-train.csv')
+    assert global_rows[0] == list(GLOBAL_COLUMNS)
+    assert 0.0 <= float(global_rows[1][0]) <= 1.0
+    sequence_rows = read_csv(out / 'per-sequence_results-train.csv')
+    assert [row[0] for row in sequence_rows[1:]] == ['hike_1', 'hike_2', 'bear_1']
+
+
+def test_davis2016_is_one_object_per_video(tmp_path, clips, synth_checkpoint, capsys):
+    root = davis_root(str(tmp_path / 'DAVIS'), {'hike': clips['hike']})
+    out = tmp_path / 'out'
+    assert run_test(root, out, 'DAVIS2016', synth_checkpoint, '--set', 'TEST.EVAL_WORKERS', '2') == 0
+    printed = capsys.readouterr().out
+    assert 'hike_1' in printed and 'hike_2' not in printed
+    first = read_ids(str(out / 'hike' / '00000.png'))
+    assert np.array_equal(first, (clips['hike'][1][0] != 0).astype(np.uint8))    # both objects as one
+    assert [row[0] for row in read_csv(out / 'per-sequence_results-train.csv')[1:]] == ['hike_1']
+
+
+def test_split_without_ground_truth_writes_masks_only(tmp_path, clips, synth_checkpoint, caplog):
+    root = davis_root(str(tmp_path / 'DAVIS'), {'bear': clips['bear']}, annotated=False)
+    out = tmp_path / 'out'
+    with caplog.at_level(logging.INFO):
+        assert run_test(root, out, 'DAVIS', synth_checkpoint) == 0
+    assert 'no public ground truth' in caplog.text
+    assert sorted(os.listdir(out / 'bear')) == ['00000.png', '00001.png', '00002.png']
+    assert not [name for name in os.listdir(out) if name.endswith('.csv')]

@@ -1,0 +1,155 @@
+"""Training: the loss falls on one clip, resume continues exactly, DDP keeps ranks in step."""
+import copy
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from clips import davis_root, one_object_clip, restore_cfg  # noqa: F401  (autouse fixture)
+from config import cfg as global_cfg
+from core.train import Trainer, TrainingError, load_imagenet_backbones
+from models.rmnet import RMNet
+from utils.checkpoint import read_checkpoint
+from utils.io import DataError
+
+SIZE = (96, 54)
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('davis'))
+    return davis_root(root, {name: one_object_clip(name, 4, SIZE) for name in ('bear', 'boat')})
+
+
+def training_cfg(root, **train):
+    cfg = copy.deepcopy(global_cfg)
+    cfg.DATASETS.DAVIS2016.ROOT = root
+    cfg.DATASET.TRAIN_DATASET = ['DAVIS2016']
+    cfg.DATASET.VAL_DATASET = ''
+    cfg.CONST.N_WORKERS = 0
+    aug = cfg.TRAIN.AUGMENTATION
+    aug.RESIZE_SIZE, aug.CROP_SIZE = 48, 48
+    cfg.TRAIN.update({'BATCH_SIZE': 1, 'N_MAX_OBJECTS': 1, 'PRETRAINED_BACKBONE': False,
+                      'N_EPOCHS': 3, 'SAVE_FREQ': 0, 'VISUALIZE_EVERY': 1})
+    cfg.TRAIN.update(train)
+    return cfg
+
+
+def still_clip_cfg(cfg):
+    """No random geometry or brightness: the same clip every step (for overfitting)."""
+    aug = cfg.TRAIN.AUGMENTATION
+    aug.AFFINE_VIDEO_DEGREES, aug.AFFINE_VIDEO_SCALE, aug.AFFINE_VIDEO_SHEARS = 0, (1.0, 1.0), 0
+    aug.BRIGHTNESS = (1.0, 1.0)
+    return cfg
+
+
+def test_overfitting_one_clip_halves_the_loss(data_root, tmp_path):
+    """From random weights (calibrated on the data), at the published learning rate."""
+    torch.manual_seed(0)
+    cfg = still_clip_cfg(training_cfg(data_root, N_EPOCHS=100))
+    trainer = Trainer(cfg, str(tmp_path))
+    batch = next(iter(trainer._loader(1)))
+    trainer.set_train_mode()
+    losses = [trainer.train_step(batch)[0] for _ in range(30)]
+    assert min(losses[-5:]) < 0.5 * losses[0], losses
+
+
+def test_resume_continues_exactly(data_root, tmp_path):
+    torch.manual_seed(0)
+    straight = Trainer(training_cfg(data_root), str(tmp_path / 'straight'))
+    summary = straight.run()
+    assert summary['epoch'] == 3
+
+    torch.manual_seed(0)
+    first = Trainer(training_cfg(data_root), str(tmp_path / 'split'))
+    first.run(max_epochs=2)
+    checkpoint = str(tmp_path / 'split' / 'checkpoints' / 'ckpt-last.pth')
+    content = read_checkpoint(checkpoint)
+    assert content['epoch_index'] == 2 and content['network'] == 'RMNet'
+    assert all(key.startswith('module.') for key in content['rmnet'])
+    torch.manual_seed(123)                     # the checkpoint's random states must win
+    resumed = Trainer(training_cfg(data_root), str(tmp_path / 'split'), resume=checkpoint)
+    assert resumed.epoch == 3
+    summary_resumed = resumed.run()
+    assert summary_resumed['loss'] == pytest.approx(summary['loss'], rel=1e-6)
+    for a, b in zip(straight.rmnet.state_dict().values(), resumed.rmnet.state_dict().values()):
+        assert torch.equal(a, b)
+    assert os.path.isfile(tmp_path / 'split' / 'checkpoints' / 'ckpt-best.pth')
+    assert os.listdir(tmp_path / 'split' / 'logs')
+
+
+def test_tiny_flownet_training_and_bad_settings(data_root, tmp_path):
+    trainer = Trainer(training_cfg(data_root, NETWORK='TinyFlowNet', N_EPOCHS=1), str(tmp_path))
+    summary = trainer.run()
+    assert np.isfinite(summary['loss']) and summary['metrics'] is None
+    with pytest.raises(TrainingError, match='TRAIN.NETWORK'):
+        Trainer(training_cfg(data_root, NETWORK='STM'), str(tmp_path))
+    with pytest.raises(TrainingError, match='multiple of the number of processes'):
+        Trainer(training_cfg(data_root, BATCH_SIZE=3), str(tmp_path),
+                dist_info=type(trainer.dist)(0, 2, torch.device('cpu')))
+
+
+def test_missing_imagenet_weights_are_explained(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
+    with pytest.raises(TrainingError, match='PRETRAINED_BACKBONE False'):
+        load_imagenet_backbones(RMNet())
+
+
+def test_a_failing_batch_stops_training(data_root, tmp_path):
+    broken = str(tmp_path / 'broken')
+    davis_root(broken, {'bear': one_object_clip('bear', 3, SIZE)})
+    with open(os.path.join(broken, 'JPEGImages', '480p', 'bear', '00001.jpg'), 'wb') as f:
+        f.write(b'not a jpeg')
+    with pytest.raises(DataError, match='00001.jpg: unreadable image'):
+        Trainer(training_cfg(broken, N_EPOCHS=1), str(tmp_path / 'out'), weights=None).run()
+
+
+def _ddp_worker(rank, world_size, port, root, out_dir):
+    os.environ.update({'WORLD_SIZE': str(world_size), 'RANK': str(rank), 'LOCAL_RANK': str(rank),
+                       'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)})
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)                     # different seeds: DDP must still start them equal
+    from core.train import setup_distributed
+    cfg = training_cfg(root, BATCH_SIZE=2, N_EPOCHS=1)
+    trainer = Trainer(cfg, out_dir, dist_info=setup_distributed())
+    trainer.run()
+    torch.save(trainer.rmnet.state_dict(), os.path.join(out_dir, f'rank{rank}.pt'))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_ddp_keeps_identical_weights(data_root, tmp_path):
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, data_root, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / 'rank0.pt')
+    rank1 = torch.load(tmp_path / 'rank1.pt')
+    changed = False
+    initial = RMNet().state_dict()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+        changed |= not torch.equal(rank0[key], initial[key])
+    assert changed
+    assert os.path.isfile(tmp_path / 'checkpoints' / 'ckpt-last.pth')
+
+
+def test_calibration_makes_random_weights_trainable():
+    """Random encoders with frozen BatchNorm saturate; calibration gives soft scores and p = 0.5."""
+    from models.initialization import calibrate_random_rmnet, init_new_layers
+    torch.manual_seed(0)
+    net = RMNet().eval()
+    for module in (net.kv_memory, net.kv_query, net.decoder):
+        init_new_layers(module)
+    frames, masks = torch.randn(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.7).float()
+    calibrate_random_rmnet(net, [(frames, masks)])
+    with torch.no_grad():
+        key = net.kv_query.key_conv(net.encoder_query(frames)[0])
+        memory = net.kv_memory.key_conv(net.encoder_memory(frames, masks, torch.zeros_like(masks)))
+        scores = torch.einsum('bchw,bcxy->bhwxy', memory, key) / key.shape[1] ** 0.5
+        assert 1.0 < float(scores.std()) < 4.0
+        logits = net.decoder(torch.randn(2, 1024, 4, 4), torch.randn(2, 512, 8, 8), torch.randn(2, 256, 16, 16))
+        assert torch.equal(logits, torch.zeros_like(logits))
+    assert all(bn.momentum == 0.1 for bn in net.modules() if isinstance(bn, torch.nn.BatchNorm2d))
