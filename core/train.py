@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -290,6 +291,9 @@ class Trainer:
         self.dataset.set_frame_step(step)
         loader = self._loader(self.epoch)
         losses = []
+        if self.dist.device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(self.dist.device)
+        started = time.perf_counter()
         bar = tqdm(loader, desc=f'Epoch {self.epoch}/{self.cfg.TRAIN.N_EPOCHS} (step {step})',
                    disable=not self.dist.is_main, dynamic_ncols=True)
         for batch in bar:
@@ -301,6 +305,11 @@ class Trainer:
                 if probs is not None and self.global_step % self.cfg.TRAIN.VISUALIZE_EVERY == 0:
                     self._log_images(batch, probs)
         self.scheduler.step()
+        elapsed = time.perf_counter() - started
+        self.throughput = {'iterations_per_s': len(losses) / elapsed,
+                           'samples_per_s': len(losses) * self.cfg.TRAIN.BATCH_SIZE / elapsed,
+                           'peak_gpu_gib': (torch.cuda.max_memory_allocated(self.dist.device) / 2 ** 30
+                                            if self.dist.device.type == 'cuda' else 0.0)}
         mean_loss = float(np.mean(losses)) if losses else math.nan
         if self.dist.world_size > 1:
             total = torch.tensor([mean_loss], device=self.dist.device)
@@ -310,6 +319,7 @@ class Trainer:
             self.writer.add_scalar('Loss/Epoch', mean_loss, self.epoch)
             self.writer.add_scalar('Train/FrameStep', step, self.epoch)
             self.writer.add_scalar('Train/LearningRate', self.scheduler.get_last_lr()[0], self.epoch)
+            self.writer.add_scalar('Train/IterationsPerSecond', self.throughput['iterations_per_s'], self.epoch)
         return mean_loss
 
     def _log_images(self, batch: Dict[str, Any], probs: torch.Tensor) -> None:
@@ -386,7 +396,9 @@ class Trainer:
             metrics = self.validate() if self.dist.is_main else None
             summary = {'epoch': self.epoch, 'loss': loss, 'metrics': metrics}
             if self.dist.is_main:
-                logger.info('Epoch %d/%d: loss %.4f%s', self.epoch, self.cfg.TRAIN.N_EPOCHS, loss,
+                logger.info('Epoch %d/%d: loss %.4f, %.2f it/s, %.1f samples/s, peak GPU memory %.2f GiB%s',
+                            self.epoch, self.cfg.TRAIN.N_EPOCHS, loss, self.throughput['iterations_per_s'],
+                            self.throughput['samples_per_s'], self.throughput['peak_gpu_gib'],
                             '' if metrics is None else ', ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
                 self._update_curriculum(metrics)
                 self.save(metrics, loss)
