@@ -4,9 +4,9 @@
     torchrun --nproc_per_node 4 runner.py              DistributedDataParallel, one GPU each
 
 Each epoch: the frame step of the curriculum, one pass over the training set (Adam, cosine
-schedule), validation on the configured videos, checkpoints. Checkpoints keep the published
-format and add what `--resume` needs to continue exactly: optimizer, scheduler, epoch,
-curriculum and random states. Rank 0 logs, validates and writes; a failing batch stops the
+schedule), validation on the configured videos, checkpoints. ckpt-best.pth (and the every-N
+ckpt-epoch-*.pth) are published-format weights; ckpt-last.pth adds what `--resume` needs to
+continue exactly: optimizer, scheduler, epoch, curriculum and random states. Rank 0 logs, validates and writes; a failing batch stops the
 run with its error (nothing is skipped silently).
 """
 import logging
@@ -368,17 +368,17 @@ class Trainer:
             if metrics is not None:
                 self.best_metrics = metrics
             self.best_loss = min(self.best_loss, loss)
-        content = published_checkpoint(
-            self.tflownet, self.rmnet, epoch_index=self.epoch, best_metrics=self.best_metrics,
-            network=self.network_name, optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-            global_step=self.global_step, hold_epochs=self.hold_epochs, best_loss=self.best_loss,
-            rng=random_states())
-        save_checkpoint(os.path.join(folder, 'ckpt-last.pth'), content)
+        weights = published_checkpoint(self.tflownet, self.rmnet, epoch_index=self.epoch,
+                                       best_metrics=self.best_metrics, network=self.network_name)
+        resume_state = dict(weights, optimizer=self.optimizer.state_dict(),
+                            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                            global_step=self.global_step, hold_epochs=self.hold_epochs,
+                            best_loss=self.best_loss, rng=random_states())
+        save_checkpoint(os.path.join(folder, 'ckpt-last.pth'), resume_state)
         if improved:
-            save_checkpoint(os.path.join(folder, 'ckpt-best.pth'), content)
+            save_checkpoint(os.path.join(folder, 'ckpt-best.pth'), weights)
         if self.cfg.TRAIN.SAVE_FREQ and self.epoch % self.cfg.TRAIN.SAVE_FREQ == 0:
-            save_checkpoint(os.path.join(folder, f'ckpt-epoch-{self.epoch:03d}.pth'), content)
+            save_checkpoint(os.path.join(folder, f'ckpt-epoch-{self.epoch:03d}.pth'), weights)
 
     def _update_curriculum(self, metrics: Optional[Dict[str, float]]) -> None:
         self.hold_epochs = max(0, self.hold_epochs - 1)

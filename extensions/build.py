@@ -32,8 +32,10 @@ def _build(name: str, sources: Sequence[str], cuda: bool) -> Optional[ModuleType
         logger.warning('%s is not installed and RMNET_NO_BUILD is set: using the PyTorch path', name)
         return None
     try:
+        import multiprocessing
         from torch.utils import cpp_extension
-        logger.info('Compiling %s (first use; cached afterwards)', name)
+        level = logging.INFO if multiprocessing.current_process().name == 'MainProcess' else logging.DEBUG
+        logger.log(level, 'Building %s on first use (cached afterwards)', name)
         extra = {'extra_cuda_cflags': ['-O3']} if cuda else {}
         return cpp_extension.load(name=name, sources=list(sources), verbose=False,
                                   extra_cflags=['-O3', '-ffp-contract=off'], with_cuda=cuda, **extra)

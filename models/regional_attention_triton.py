@@ -38,7 +38,7 @@ if triton is not None:
     @triton.autotune(configs=[triton.Config({'BLOCK_Q': q, 'BLOCK_M': m, 'BLOCK_V': v}, num_warps=w, num_stages=2)
                               for q, m, v, w in _CONFIGS],
                      key=['n_queries', 'value_dim', 'PRECISE'])
-    @triton.jit
+    @triton.jit(do_not_specialize=['mk_sn', 'mk_sc', 'mv_sn', 'mv_sc', 'mr_sn'])
     def _regional_read_kernel(mk_ptr, mv_ptr, mr_ptr, qk_ptr, qr_ptr, uniform_ptr, outside_ptr, count_ptr,
                               out_ptr, n_queries, value_dim, scale,
                               mk_sn, mk_sc, mk_sp, mv_sn, mv_sc, mv_sp, mr_sn, mr_sp,
@@ -113,10 +113,11 @@ def regional_attention_triton(memory_keys: torch.Tensor, memory_values: torch.Te
     qr = query_region.reshape(n, n_queries)
     if n_frames is None:
         n_frames = torch.full((1,), capacity, dtype=torch.int32, device=mk.device)
-    region = mr.to(torch.float32)
     n_positions = n_frames.to(torch.float32) * n_queries
-    uniform = (torch.einsum('ncp,np->nc', mv.float(), region) / n_positions).contiguous()
-    outside = (n_positions - region.sum(dim=1)).contiguous()
+    # sums over the bank in its own dtype (no float copy of it: memory grows only with the bank)
+    region_sum = torch.bmm(mv, mr.to(mv.dtype).unsqueeze(2)).squeeze(2).float()
+    uniform = (region_sum / n_positions).contiguous()
+    outside = (n_positions - mr.float().sum(dim=1)).contiguous()
     precise = mk.dtype == torch.float32
     out = torch.empty(n, value_dim, n_queries, device=mk.device, dtype=query_value.dtype)
 

@@ -77,7 +77,8 @@ def test_resume_continues_exactly(data_root, tmp_path):
     assert summary_resumed['loss'] == pytest.approx(summary['loss'], rel=1e-6)
     for a, b in zip(straight.rmnet.state_dict().values(), resumed.rmnet.state_dict().values()):
         assert torch.equal(a, b)
-    assert os.path.isfile(tmp_path / 'split' / 'checkpoints' / 'ckpt-best.pth')
+    best = read_checkpoint(str(tmp_path / 'split' / 'checkpoints' / 'ckpt-best.pth'))
+    assert sorted(best) == ['best_metrics', 'epoch_index', 'network', 'rmnet', 'tflownet']   # weights only
     assert os.listdir(tmp_path / 'split' / 'logs')
 
 

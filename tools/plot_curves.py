@@ -74,7 +74,7 @@ def draw_panel(tag: str, points: List[Tuple[int, float]], size=(640, 400), smoot
         cv2.putText(image, f'{v:.3g}', (5, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
     cv2.rectangle(image, (left, top), (width - right, height - bottom), (120, 120, 120), 1)
     raw = xy(steps, values)
-    few = len(values) <= 10
+    few = len(values) <= 100
     cv2.polylines(image, [raw.reshape(-1, 1, 2)], False, (180, 90, 20) if few else (230, 190, 150),
                   2 if few else 1, cv2.LINE_AA)
     if not few:
