@@ -1,4 +1,6 @@
 """Testing on a benchmark split: masks written as palette PNGs, scored with the DAVIS protocol.
+Under torchrun (`torchrun --nproc_per_node N runner.py --test ...`) every process takes a share
+of the videos on its own GPU and rank 0 merges the scores.
 
     <out>/<video>/<frame>.png                   predicted ids (those of the given masks)
     <out>/<video>_overlay/<frame>.png           with cfg.TEST.VISUALIZE
@@ -11,6 +13,7 @@ from typing import Dict, Optional
 
 from tqdm import tqdm
 
+from core.distributed import broadcast_object, gather_objects, setup_distributed
 from core.scoring import ScoreJob, Scorer
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
 from core.streaming import SegmenterSource, experiment_dir, prepare_output_dir
@@ -28,21 +31,29 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     """Segment every video of a split, score those with ground truth and return the global
     numbers (utils.evaluate.GLOBAL_COLUMNS; empty when the split has no ground truth)."""
     dataset, split = resolve_split(cfg, dataset, split)
-    videos = benchmark_videos(cfg, dataset, split)
-    out_dir = prepare_output_dir(out_dir or experiment_dir(cfg))
+    shard = setup_distributed()
+    all_videos = benchmark_videos(cfg, dataset, split)
+    videos = all_videos[shard.rank::shard.world_size]
+    out_dir = prepare_output_dir(broadcast_object(shard, out_dir or experiment_dir(cfg)))
     segmenters = SegmenterSource(resolve_weights(weights), cfg, short_side)
-    with_truth = sum(bool(video.ground_truth) for video in videos)
+    with_truth = sum(bool(video.ground_truth) for video in all_videos)
     if not with_truth:
         logger.info('%s %s has no public ground truth: writing the masks only', dataset, split)
-    logger.info('Testing %d videos of %s %s, writing to %s', len(videos), dataset, split, out_dir)
+    logger.info('Testing %d of the %d videos of %s %s, writing to %s', len(videos), len(all_videos),
+                dataset, split, out_dir)
     with Scorer(int(cfg.TEST.EVAL_WORKERS) if with_truth else 1) as scorer:
-        bar = tqdm(videos, desc=f'{dataset} {split}', unit='video')
+        bar = tqdm(videos, desc=f'{dataset} {split}', unit='video', disable=not shard.is_main)
         for video in bar:
             fps = _segment_and_write(segmenters, video, out_dir, bool(cfg.TEST.VISUALIZE))
             bar.set_postfix(video=video.name, fps=f'{fps:.1f}')
             if video.ground_truth:
                 scorer.submit(_score_job(video, out_dir, bool(cfg.TEST.EXCLUDE_VOID)))
         records = scorer.records()
+    order = {video.name: i for i, video in enumerate(all_videos)}
+    records = sorted((r for part in gather_objects(shard, records) for r in part),
+                     key=lambda r: (order[r.sequence], r.object_id))
+    if not shard.is_main:
+        return {}
     if not records:
         logger.info('Masks written to %s', out_dir)
         return {}

@@ -14,7 +14,6 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from core.distributed import Distributed, setup_distributed
 from core.segmenter import VideoSegmenter
 from datasets.registry import list_videos
 from datasets.video_clips import build_training_set, max_frame_step
@@ -41,32 +41,6 @@ IMAGENET_RESNET50 = 'resnet50-0676ba61.pth'   # torchvision's ResNet50_Weights.I
 
 class TrainingError(RuntimeError):
     """A training run that cannot start or continue; the message says why."""
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device('cpu')
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> Distributed:
-    """One process per GPU under torchrun (WORLD_SIZE > 1), else a single process."""
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    if world_size > 1:
-        local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-        use_cuda = torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        if not dist.is_initialized():
-            dist.init_process_group('nccl' if use_cuda else 'gloo')
-        device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
-        return Distributed(dist.get_rank(), world_size, device)
-    return Distributed(0, 1, torch.device('cuda' if torch.cuda.is_available() else 'cpu'))
 
 
 def imagenet_backbone_path() -> str:

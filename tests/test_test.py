@@ -65,3 +65,30 @@ def test_split_without_ground_truth_writes_masks_only(tmp_path, clips, synth_che
     assert 'no public ground truth' in caplog.text
     assert sorted(os.listdir(out / 'bear')) == ['00000.png', '00001.png', '00002.png']
     assert not [name for name in os.listdir(out) if name.endswith('.csv')]
+
+
+def _sharded_worker(rank, world_size, port, root, out, weights):
+    os.environ.update({'WORLD_SIZE': str(world_size), 'RANK': str(rank), 'LOCAL_RANK': str(rank),
+                       'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)})
+    import torch
+    torch.set_num_threads(1)
+    status = run_test(root, out, 'DAVIS', weights, '--set', 'TEST.EVAL_WORKERS', '1')
+    torch.distributed.destroy_process_group()
+    assert status == 0
+
+
+def test_videos_sharded_over_processes_give_the_same_scores(tmp_path, clips, synth_checkpoint):
+    """torchrun-style: two processes (gloo) each take a share of the videos; rank 0 merges."""
+    import socket
+
+    import torch.multiprocessing as mp
+    root = davis_root(str(tmp_path / 'DAVIS'), clips)
+    assert run_test(root, tmp_path / 'single', 'DAVIS', synth_checkpoint, '--set', 'TEST.EVAL_WORKERS', '1') == 0
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sharded_worker, args=(2, port, root, str(tmp_path / 'sharded'), synth_checkpoint), nprocs=2)
+    for name in ('global_results-train.csv', 'per-sequence_results-train.csv'):
+        assert read_csv(tmp_path / 'sharded' / name) == read_csv(tmp_path / 'single' / name)
+    for video in clips:
+        assert sorted(os.listdir(tmp_path / 'sharded' / video)) == ['00000.png', '00001.png', '00002.png']

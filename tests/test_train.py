@@ -113,7 +113,7 @@ def _ddp_worker(rank, world_size, port, root, out_dir):
                        'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)})
     torch.set_num_threads(1)
     torch.manual_seed(rank)                     # different seeds: DDP must still start them equal
-    from core.train import setup_distributed
+    from core.distributed import setup_distributed
     cfg = training_cfg(root, BATCH_SIZE=2, N_EPOCHS=1)
     trainer = Trainer(cfg, out_dir, dist_info=setup_distributed())
     trainer.run()
