@@ -8,6 +8,7 @@ second (whole loop: upload, flow, memory, decode, mask download) and peak GPU me
 """
 import argparse
 import copy
+import gc
 import json
 import logging
 import math
@@ -66,6 +67,7 @@ def run_once(tflownet, rmnet, frames, first_mask, regional: bool, precision: str
     for _ in segmenter.segment(frames[:6], first_mask):   # warm-up: kernels, autotuning, graphs
         pass
     torch.cuda.synchronize()
+    gc.collect()                                          # graphs of earlier runs still referenced
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
