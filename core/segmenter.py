@@ -148,8 +148,11 @@ class VideoSegmenter:
         self.fast = self.regional_read and self.device.type == 'cuda'
         self.max_objects = int(test.N_MAX_OBJECTS)
         if self.precision == 'bf16' and self.device.type == 'cuda':
-            self.rmnet = fold_batch_norms(self.rmnet).to(torch.bfloat16)
-            self.tflownet = copy.deepcopy(self.tflownet).to(torch.bfloat16)
+            # networks prepared by an earlier segmenter (already bf16) are shared, not copied
+            if next(self.rmnet.parameters()).dtype != torch.bfloat16:
+                self.rmnet = fold_batch_norms(self.rmnet).to(torch.bfloat16)
+            if next(self.tflownet.parameters()).dtype != torch.bfloat16:
+                self.tflownet = copy.deepcopy(self.tflownet).to(torch.bfloat16)
             self.tflownet.to(memory_format=torch.channels_last)
             self.rmnet.to(memory_format=torch.channels_last)
         self.variants = [Variant(float(s), flip) for s in test.FRAME_SCALES

@@ -6,6 +6,14 @@ import torch
 from models.rmnet import EncoderMemory, RMNet
 
 
+def _fold(conv: torch.nn.Conv2d, bn: torch.nn.Module, shift: bool = True) -> torch.nn.Conv2d:
+    """conv then bn as one convolution; a conv whose BatchNorm is already folded stays as is."""
+    if not isinstance(bn, torch.nn.BatchNorm2d):
+        return conv
+    scale, offset = _bn_affine(bn)
+    return _scaled_conv(conv, scale, offset if shift else None)
+
+
 def _bn_affine(bn: torch.nn.BatchNorm2d):
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return scale, bn.bias - bn.running_mean * scale
@@ -25,23 +33,21 @@ def _scaled_conv(conv: torch.nn.Conv2d, scale: torch.Tensor, shift) -> torch.nn.
 @torch.no_grad()
 def fold_batch_norms(rmnet: RMNet) -> RMNet:
     """A copy of RMNet in which every BatchNorm (in eval mode: a per-channel affine map) is
-    merged into the convolution before it; same function up to rounding, fewer kernels."""
+    merged into the convolution before it; same function up to rounding, fewer kernels.
+    Folding a folded network changes nothing."""
     net = copy.deepcopy(rmnet).eval()
     for encoder in (net.encoder_memory, net.encoder_query):
-        scale, shift = _bn_affine(encoder.bn1)
-        encoder.conv1 = _scaled_conv(encoder.conv1, scale, shift)
         if isinstance(encoder, EncoderMemory):
-            encoder.conv1_m = _scaled_conv(encoder.conv1_m, scale, None)
-            encoder.conv1_o = _scaled_conv(encoder.conv1_o, scale, None)
+            encoder.conv1_m = _fold(encoder.conv1_m, encoder.bn1, shift=False)
+            encoder.conv1_o = _fold(encoder.conv1_o, encoder.bn1, shift=False)
+        encoder.conv1 = _fold(encoder.conv1, encoder.bn1)
         encoder.bn1 = torch.nn.Identity()
         for layer in (encoder.res2, encoder.res3, encoder.res4):
             for block in layer:
                 for conv_name, bn_name in (('conv1', 'bn1'), ('conv2', 'bn2'), ('conv3', 'bn3')):
-                    scale, shift = _bn_affine(getattr(block, bn_name))
-                    setattr(block, conv_name, _scaled_conv(getattr(block, conv_name), scale, shift))
+                    setattr(block, conv_name, _fold(getattr(block, conv_name), getattr(block, bn_name)))
                     setattr(block, bn_name, torch.nn.Identity())
                 if block.downsample is not None:
-                    scale, shift = _bn_affine(block.downsample[1])
-                    block.downsample[0] = _scaled_conv(block.downsample[0], scale, shift)
+                    block.downsample[0] = _fold(block.downsample[0], block.downsample[1])
                     block.downsample[1] = torch.nn.Identity()
     return net

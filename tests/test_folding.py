@@ -23,3 +23,6 @@ def test_folded_encoders_compute_the_same_function():
     assert torch.allclose(folded.encoder_memory(frame, mask, others), expected, atol=1e-4 * expected.abs().max())
     for a, b in zip(net.encoder_query(frame), folded.encoder_query(frame)):
         assert torch.allclose(a, b, atol=1e-4 * a.abs().max())
+    twice = fold_batch_norms(folded)
+    for a, b in zip(folded.state_dict().values(), twice.state_dict().values()):
+        assert torch.equal(a, b)

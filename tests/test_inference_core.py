@@ -112,18 +112,10 @@ def test_preallocated_memory_gives_the_same_result(network):
     results = []
     for fast in (False, True):
         core = InferenceCore(network, [2], memorize_every=2, regional_read=True, fast=fast, expected_frames=2)
-        outputs, _, kept = run_steps(core, frames, first, flow, new)
+        outputs, _, kept = run(core, frames, first, flow, new)
         results.append((outputs, kept))
     assert results[0][1] == results[1][1]
     assert core.memory.capacity > core.memory.capacity_hint      # the buffers grew
     for a, b in zip(results[0][0], results[1][0]):
         assert torch.allclose(a, b, atol=1e-6)
 
-
-def run_steps(core, frames, masks, flow, new_masks):
-    core.start(frames[0], masks)
-    outputs, kept = [], []
-    for t in range(1, len(frames)):
-        outputs.append(core.step(frames[t], flow, new_masks.get(t)))
-        kept.append(len(core.memory))
-    return outputs, None, kept

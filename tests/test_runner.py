@@ -1,5 +1,4 @@
 """runner.py: options, config overrides, and one `error:` line with status 2 for every expected failure."""
-import importlib.util
 import json
 import os
 import subprocess
