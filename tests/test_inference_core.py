@@ -23,6 +23,14 @@ def clip(n_frames, height=32, width=48, channels=4, seed=0):
     return frames, masks, flow
 
 
+def only_object_1(masks):
+    """The clip's first mask without object 2 (it appears later, or never)."""
+    first = masks.clone()
+    first[:, 2] = 0
+    first[:, 0] = 1 - first[:, 1]
+    return first
+
+
 def run(core, frames, masks, flow, new_masks=None):
     """Run the loop and record, per step, the number of frames read and kept."""
     read_sizes, kept = [], []
@@ -55,9 +63,7 @@ def test_memory_schedule_every_five_frames(network):
 @torch.no_grad()
 def test_frame_with_new_object_is_kept_and_object_takes_its_mask(network):
     frames, masks, flow = clip(6)
-    first = masks.clone()
-    first[:, 2] = 0
-    first[:, 0] = 1 - first[:, 1]
+    first = only_object_1(masks)
     later_ids = torch.zeros(32, 48, dtype=torch.long)
     later_ids[18:30, 26:44] = 2
     later = torch.nn.functional.one_hot(later_ids, 4).permute(2, 0, 1)[None].float()
@@ -77,9 +83,7 @@ def test_frame_with_new_object_is_kept_and_object_takes_its_mask(network):
 @torch.no_grad()
 def test_objects_absent_from_the_first_mask_stay_absent(network):
     frames, masks, flow = clip(3)
-    only_one = masks.clone()
-    only_one[:, 2] = 0
-    only_one[:, 0] = 1 - only_one[:, 1]
+    only_one = only_object_1(masks)
     core = InferenceCore(network, [2], memorize_every=5)
     outputs, _, _ = run(core, frames, only_one, flow)
     logits_floor = torch.softmax(torch.tensor([0.0, ABSENT_LOGIT]), 0)[1]
@@ -105,9 +109,7 @@ def test_preallocated_memory_gives_the_same_result(network):
     """The fast path's static memory bank (CPU: no CUDA graph) equals the list bank, including a
     growth of its buffers and an object appearing mid-clip."""
     frames, masks, flow = clip(9, seed=3)
-    first = masks.clone()
-    first[:, 2] = 0
-    first[:, 0] = 1 - first[:, 1]
+    first = only_object_1(masks)
     new = {4: masks.clone()}
     results = []
     for fast in (False, True):
