@@ -62,7 +62,7 @@ def pack_order(region: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return order, count.to(torch.int32)
 
 
-def _pack(features: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+def pack_positions(features: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """features (N, C, h, w), order (N, P) -> (N, P, C): positions in packed order."""
     flat = features.flatten(2).transpose(1, 2)
     return torch.gather(flat, 1, order[:, :, None].expand(-1, -1, flat.shape[2]))
@@ -147,8 +147,8 @@ class PackedMemoryBank:
             self._allocate(key, value)
         order, count = pack_order(region.flatten(1))
         slot = self.latest_slot
-        self.keys.index_copy_(1, slot, _pack(key, order).unsqueeze(1).to(self.keys.dtype))
-        self.values.index_copy_(1, slot, _pack(value, order).unsqueeze(1).to(self.values.dtype))
+        self.keys.index_copy_(1, slot, pack_positions(key, order).unsqueeze(1).to(self.keys.dtype))
+        self.values.index_copy_(1, slot, pack_positions(value, order).unsqueeze(1).to(self.values.dtype))
         self.slot_count.index_copy_(1, slot, count[:, None])
         inside = (region.flatten(1) > 0.5).to(torch.float32)
         value_sum = torch.bmm(value.flatten(2).float(), inside[:, :, None]).to(torch.float64)
@@ -200,7 +200,7 @@ class PackedMemoryBank:
         uniform = (value_sum / memory_positions).to(query_value.dtype)
         outside = (memory_positions - inside).to(torch.float32)
         query_order, query_count = pack_order(query_region.flatten(1))
-        query_keys = _pack(query_key.to(self.keys.dtype), query_order).contiguous()
+        query_keys = pack_positions(query_key.to(self.keys.dtype), query_order).contiguous()
         out = uniform[:, :, None].expand(n, value_dim, positions).contiguous()
         self._read_packed(query_keys, query_order, query_count, outside, out)
         region = query_region[:, None].to(query_value.dtype)

@@ -163,7 +163,7 @@ def interpreter_case(kernel):
     g = torch.Generator().manual_seed(8)
     query_key, _, query_region = random_query(g)
     order, count = pack_order(query_region.flatten(1))
-    query_keys = packed_memory._pack(query_key, order).contiguous()
+    query_keys = packed_memory.pack_positions(query_key, order).contiguous()
     outside = torch.tensor([30.0, 0.0, 7.0])
     ours, reference = torch.full((3, 40, 54), 9.0), torch.full((3, 40, 54), 9.0)
     args = (bank.keys, bank.values, bank.slot_count, bank.n_read, query_keys, order, count, outside)
