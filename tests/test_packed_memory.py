@@ -230,19 +230,19 @@ def filled_bank(memory, dtype):
 @pytest.mark.parametrize('frames', [1, 13, 40])
 def test_triton_equals_pytorch_path_and_dense_on_the_gpu(frames, monkeypatch):
     assert packed_memory.triton_enabled(torch.zeros(1, device='cuda'))
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)   # an fp32 reference
     memory, query = gpu_memory(frames, frames)
-    with torch.backends.cuda.matmul.flags(allow_tf32=False):
-        expected = dense_read(memory, query)
-        for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 0.05)):
-            bank = filled_bank(memory, dtype)
-            low = [x.to(dtype) for x in query[:2]] + [query[2]]
-            triton_out = bank.read(*low).float()
-            monkeypatch.setenv('RMNET_NO_TRITON', '1')
-            torch_out = bank.read(*low).float()
-            monkeypatch.delenv('RMNET_NO_TRITON')
-            assert (triton_out - expected).abs().max() < tolerance, (dtype, frames)
-            assert (torch_out - expected).abs().max() < tolerance, (dtype, frames)
-            assert (triton_out - torch_out).abs().max() < tolerance, (dtype, frames)
+    expected = dense_read(memory, query)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 0.05)):
+        bank = filled_bank(memory, dtype)
+        low = [x.to(dtype) for x in query[:2]] + [query[2]]
+        triton_out = bank.read(*low).float()
+        monkeypatch.setenv('RMNET_NO_TRITON', '1')
+        torch_out = bank.read(*low).float()
+        monkeypatch.delenv('RMNET_NO_TRITON')
+        assert (triton_out - expected).abs().max() < tolerance, (dtype, frames)
+        assert (torch_out - expected).abs().max() < tolerance, (dtype, frames)
+        assert (triton_out - torch_out).abs().max() < tolerance, (dtype, frames)
     assert not PackedMemoryBank.triton_failed
 
 
