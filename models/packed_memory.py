@@ -218,33 +218,41 @@ class PackedMemoryBank:
                 logger.warning('The Triton memory read failed (%s: %s); using the PyTorch path',
                                type(e).__name__, e)
         read_packed_torch(self.keys, self.values, self.slot_count, self.n_read, query_keys,
-                          query_order, query_count, outside, out)
+                          query_order, query_count, outside, out, host_counts=not out.is_cuda)
 
 
 def read_packed_torch(keys: torch.Tensor, values: torch.Tensor, slot_count: torch.Tensor,
                       n_read: torch.Tensor, query_keys: torch.Tensor, query_order: torch.Tensor,
-                      query_count: torch.Tensor, outside: torch.Tensor, out: torch.Tensor) -> None:
+                      query_count: torch.Tensor, outside: torch.Tensor, out: torch.Tensor,
+                      host_counts: bool) -> None:
     """The packed read in PyTorch, with the arguments of models.packed_read_triton.
 
-    The same online softmax as the kernel, over chunks of slots (a fixed schedule for given
-    shapes) with masks instead of counts on the host, so it is safe in a CUDA graph capture.
+    The same online softmax as the kernel, over chunks of slots with masks instead of counts:
+    a fixed schedule for given shapes, safe in a CUDA graph capture. host_counts (CPU tensors,
+    never inside a capture): read the longest packed query and memory region on the host and
+    skip the padding beyond them.
     """
     n, capacity, positions, key_dim = keys.shape
     value_dim = values.shape[3]
     device = keys.device
+    rows = columns = positions
+    if host_counts:
+        rows, columns = int(query_count.max()), int(slot_count.max())
+        if rows == 0:
+            return
+    q = query_keys[:, :rows].float()
+    m = torch.where(outside > 0, 0.0, _NO_SCORE)[:, None].expand(n, rows)
+    l = outside[:, None].expand(n, rows)
+    acc = torch.zeros(n, rows, value_dim, device=device)
+    chunk = max(1, _TORCH_CHUNK_SCORES // (n * rows * max(1, columns)))
+    offsets = torch.arange(columns, device=device)
     scale = 1.0 / math.sqrt(key_dim)
-    q = query_keys.float()
-    m = torch.where(outside > 0, 0.0, _NO_SCORE)[:, None].expand(n, positions)
-    l = outside[:, None].expand(n, positions)
-    acc = torch.zeros(n, positions, value_dim, device=device)
-    chunk = max(1, _TORCH_CHUNK_SCORES // (n * positions * positions))
-    offsets = torch.arange(positions, device=device)
-    for first in range(0, capacity, chunk):
+    for first in range(0, capacity if columns else 0, chunk):
         last = min(capacity, first + chunk)
         slots = torch.arange(first, last, device=device)
         valid = (offsets < slot_count[:, first:last, None]) & (slots < n_read)[None, :, None]
-        k = keys[:, first:last].reshape(n, -1, key_dim).float()
-        v = values[:, first:last].reshape(n, -1, value_dim).float()
+        k = keys[:, first:last, :columns].reshape(n, -1, key_dim).float()
+        v = values[:, first:last, :columns].reshape(n, -1, value_dim).float()
         scores = torch.where(valid.reshape(n, 1, -1), torch.bmm(q, k.transpose(1, 2)) * scale,
                              float('-inf'))
         m_new = torch.maximum(m, scores.amax(dim=2))
@@ -253,8 +261,7 @@ def read_packed_torch(keys: torch.Tensor, values: torch.Tensor, slot_count: torc
         l = l * alpha + weights.sum(dim=2)
         acc = acc * alpha[:, :, None] + torch.bmm(weights, v)
         m = m_new
-    read = (acc / l[:, :, None]).transpose(1, 2).to(out.dtype)                     # (N, Cv, P) packed
-    in_region = (offsets < query_count[:, None].long())[:, None, :]
-    packed_out = torch.gather(out, 2, query_order[:, None, :].expand(-1, value_dim, -1))
-    packed_out = torch.where(in_region, read, packed_out)
-    out.scatter_(2, query_order[:, None, :].expand(-1, value_dim, -1), packed_out)
+    read = (acc / l[:, :, None]).transpose(1, 2).to(out.dtype)                  # (N, Cv, rows) packed
+    in_region = (torch.arange(rows, device=device) < query_count[:, None])[:, None, :]
+    index = query_order[:, None, :rows].expand(-1, value_dim, -1)
+    out.scatter_(2, index, torch.where(in_region, read, out.gather(2, index)))
