@@ -162,20 +162,27 @@ def test_triton_failure_falls_back_with_one_warning(monkeypatch, caplog):
 
 
 def interpreter_case(kernel):
-    """The kernel's and the PyTorch path's reads of a bounded bank after evictions."""
-    bank = PackedMemoryBank(max_frames=3)
-    for _ in run_schedule(bank, 9, pinned_at={0}, keep_every=2, seed=7):
+    """The kernel's and the PyTorch path's reads (padded, as on a GPU) of a bounded bank after
+    evictions and of a bank with more memory splits than frames; the largest difference."""
+    bounded, spare = PackedMemoryBank(max_frames=3), PackedMemoryBank(expected_frames=12)
+    for _ in run_schedule(bounded, 9, pinned_at={0}, keep_every=2, seed=7):
         pass
-    g = torch.Generator().manual_seed(8)
+    for _ in run_schedule(spare, 3, pinned_at={0}, keep_every=1, seed=8):
+        pass
+    g = torch.Generator().manual_seed(9)
     query_key, _, query_region = random_query(g)
     order, count = pack_order(query_region.flatten(1))
     query_keys = packed_memory.pack_positions(query_key, order).contiguous()
     outside = torch.tensor([30.0, 0.0, 7.0])
-    ours, reference = torch.full((3, 40, 54), 9.0), torch.full((3, 40, 54), 9.0)
-    args = (bank.keys, bank.values, bank.slot_count, bank.n_read, query_keys, order, count, outside)
-    kernel(*args, ours)
-    read_packed_torch(*args, reference, host_counts=False)
-    return ours, reference
+    difference, untouched = 0.0, True
+    for bank in (bounded, spare):
+        ours, reference = torch.full((3, 40, 54), 9.0), torch.full((3, 40, 54), 9.0)
+        args = (bank.keys, bank.values, bank.slot_count, bank.n_read, query_keys, order, count, outside)
+        kernel(*args, ours)
+        read_packed_torch(*args, reference, host_counts=False)
+        difference = max(difference, float((ours - reference).abs().max()))
+        untouched = untouched and bool((ours[2] == 9.0).all())
+    return difference, untouched
 
 
 INTERPRETED = """
@@ -183,8 +190,7 @@ import sys
 sys.path[:0] = sys.argv[1:]
 from models.packed_read_triton import packed_read_triton
 from test_packed_memory import interpreter_case
-ours, reference = interpreter_case(packed_read_triton)
-print((ours - reference).abs().max().item(), bool((ours[2] == 9.0).all()))
+print(*interpreter_case(packed_read_triton))
 """
 
 
