@@ -111,13 +111,12 @@ def test_will_reallocate_exactly_when_the_buffers_are_full():
     assert bank.capacity == 8                                # the hint 3, then 5, then 8
 
 
-@pytest.mark.parametrize('host_counts', [True, False])
-def test_bounded_memory_keeps_pinned_and_the_most_recent_frames(host_counts, monkeypatch):
-    """host_counts False: the padded computation that a CUDA graph captures, here on the CPU."""
+@pytest.mark.parametrize('use_host_counts', [True, False])
+def test_bounded_memory_keeps_pinned_and_the_most_recent_frames(use_host_counts, monkeypatch):
+    """use_host_counts False: the padded computation that a CUDA graph captures, on the CPU."""
     full_read = packed_memory.read_packed_torch
     monkeypatch.setattr(packed_memory, 'read_packed_torch',
-                        lambda *args, host_counts: full_read(*args, host_counts=host_counts_wanted))
-    host_counts_wanted = host_counts
+                        lambda *args, host_counts: full_read(*args, host_counts=use_host_counts))
     bank = PackedMemoryBank(expected_frames=50, max_frames=3)
     capacities = set()
     for t, out, expected in run_schedule(bank, 30, pinned_at={0, 7}, keep_every=1, seed=4):
