@@ -135,6 +135,10 @@ __C.TEST.FRAME_SCALES = [1.0]
 __C.TEST.FLIP_LR = False
 __C.TEST.PRECISION = 'fp32'                               # fp32 (published numbers) | bf16
 __C.TEST.REGIONAL_READ = True                             # False: the published dense memory read
+# 0: memory keeps every kept frame (published). N > 0: keep frame 0, the frames where objects
+# were given and the N most recent other kept frames (speed and GPU memory stay flat on long
+# videos; a deviation, see README "Differences from the published code").
+__C.TEST.MAX_MEMORY_FRAMES = 0
 __C.TEST.MAIN_METRIC_NAME = 'JF-Mean'
 __C.TEST.VISUALIZE = False                                # write overlays beside the masks
 __C.TEST.EVAL_WORKERS = 2                                 # processes scoring videos while the next runs (1: inline)

@@ -1,0 +1,293 @@
+"""The packed memory bank reads what the published dense read gives, over the right frames."""
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import models.packed_memory as packed_memory
+from models.memory_reader import read_memory_dense
+from models.packed_memory import PackedMemoryBank, pack_order, read_packed_torch
+from utils.cuda_graph import GraphedStep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_frame(g, t, n=3, key_dim=16, value_dim=40, height=6, width=9, device='cpu'):
+    """Memory features of frame t: object 0 a moving box, 1 the whole frame, 2 a small box
+    that is empty in every third frame."""
+    key = torch.randn(n, key_dim, height, width, generator=g) * 0.6
+    value = torch.randn(n, value_dim, height, width, generator=g)
+    region = torch.zeros(n, height, width)
+    region[0, t % 3:t % 3 + 3, 1 + t % 4:6 + t % 4] = 1
+    region[1] = 1
+    if t % 3 != 2:
+        region[2, 3:, :2 + t % 2] = 1
+    return key.to(device), value.to(device), region.to(device)
+
+
+def random_query(g, n=3, key_dim=16, value_dim=40, height=6, width=9, device='cpu'):
+    """Object 0: a box partly outside the memory boxes, 1: the whole frame, 2: no region."""
+    key = torch.randn(n, key_dim, height, width, generator=g) * 0.6
+    value = torch.randn(n, value_dim, height, width, generator=g)
+    region = torch.zeros(n, height, width)
+    region[0, 2:6, 4:9] = 1
+    region[1] = 1
+    return key.to(device), value.to(device), region.to(device)
+
+
+def dense_read(frames, query):
+    """The published read of the given memory frames (key, value, region) for the query."""
+    keys = torch.stack([k * r[:, None] for k, _, r in frames], dim=2).float()
+    values = torch.stack([v * r[:, None] for _, v, r in frames], dim=2).float()
+    key, value, region = (x.float() for x in query)
+    return read_memory_dense(keys, values, key * region[:, None], value * region[:, None])
+
+
+class ReferenceMemory:
+    """The schedule in plain lists: pinned frames, then the max_frames most recent others."""
+
+    def __init__(self, max_frames):
+        self.max_frames = max_frames
+        self.pinned, self.recent, self.latest = [], [], None
+
+    def keep(self, pinned):
+        (self.pinned if pinned else self.recent).append(self.latest)
+        if self.max_frames and len(self.recent) > self.max_frames:
+            self.recent.pop(0)
+
+    def frames(self):
+        return self.pinned + self.recent + [self.latest]
+
+
+def run_schedule(bank, steps, pinned_at, keep_every, seed=0, device='cpu', dtype=torch.float32):
+    """Feeds frames to the bank and a ReferenceMemory; yields (read, dense read) per step."""
+    g = torch.Generator().manual_seed(seed)
+    reference = ReferenceMemory(bank.max_frames)
+    for t in range(steps):
+        frame = random_frame(g, t, device=device)
+        query = random_query(g, device=device)
+        reference.latest = frame
+        bank.write_latest(frame[0].to(dtype), frame[1].to(dtype), frame[2])
+        out = bank.read(query[0].to(dtype), query[1].to(dtype), query[2])
+        yield t, out, dense_read(reference.frames(), query)
+        if t in pinned_at or t % keep_every == 0:
+            bank.keep(pinned=t in pinned_at)
+            reference.keep(t in pinned_at)
+
+
+def test_pack_order_puts_region_positions_first_in_frame_order():
+    region = torch.tensor([[0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    order, count = pack_order(region)
+    assert count.tolist() == [3, 0, 6]
+    assert order.tolist() == [[1, 3, 4, 0, 2, 5], list(range(6)), list(range(6))]
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_unbounded_read_equals_dense_and_grows(seed):
+    bank = PackedMemoryBank(expected_frames=2)
+    capacities = []
+    for t, out, expected in run_schedule(bank, 12, pinned_at={0}, keep_every=2, seed=seed):
+        assert (out - expected).abs().max() < 2e-6, t
+        capacities.append(bank.capacity)
+    assert len(bank) == 6                                   # frames 0, 2, 4, 6, 8, 10
+    assert capacities == [2, 2, 2, 3, 3, 5, 5, 5, 5, 8, 8, 8]   # the hint, then 1.5x as needed
+
+
+def test_will_reallocate_exactly_when_the_buffers_are_full():
+    g = torch.Generator().manual_seed(3)
+    bank = PackedMemoryBank(expected_frames=3)
+    assert bank.will_reallocate()                           # nothing allocated yet
+    for t in range(8):
+        full = len(bank) + 1 > bank.capacity
+        assert bank.will_reallocate() == full
+        before = bank.capacity
+        bank.write_latest(*random_frame(g, t))
+        assert (bank.capacity > before) == full
+        bank.keep()
+    assert bank.capacity == 8                                # the hint 3, then 5, then 8
+
+
+@pytest.mark.parametrize('use_host_counts', [True, False])
+def test_bounded_memory_keeps_pinned_and_the_most_recent_frames(use_host_counts, monkeypatch):
+    """use_host_counts False: the padded computation that a CUDA graph captures, on the CPU."""
+    full_read = packed_memory.read_packed_torch
+    monkeypatch.setattr(packed_memory, 'read_packed_torch',
+                        lambda *args, host_counts: full_read(*args, host_counts=use_host_counts))
+    bank = PackedMemoryBank(expected_frames=50, max_frames=3)
+    capacities = set()
+    for t, out, expected in run_schedule(bank, 30, pinned_at={0, 7}, keep_every=1, seed=4):
+        assert (out - expected).abs().max() < 2e-6, t
+        if t > 8:
+            capacities.add(bank.capacity)
+    assert len(bank) == 2 + 3
+    assert capacities == {7}                    # 2 pinned + 3 recent + the latest + room for a pinned
+    assert not bank.will_reallocate()
+
+
+def test_bounded_memory_evicts_in_keep_order():
+    g = torch.Generator().manual_seed(5)
+    bank = PackedMemoryBank(max_frames=2)
+    slots = []
+    for t in range(7):
+        bank.write_latest(*random_frame(g, t))
+        slots.append(int(bank.latest_slot))
+        bank.keep(pinned=t == 0)
+    # frame 0 is pinned in slot 0 and frames 1, 2, 3 fill slots 1, 2, 3; keeping frame 3
+    # evicts frame 1, so frame 4 takes slot 1, then frame 5 slot 2 (frame 2's), frame 6 slot 3
+    assert slots == [0, 1, 2, 3, 1, 2, 3]
+
+
+def test_triton_failure_falls_back_with_one_warning(monkeypatch, caplog):
+    calls = []
+
+    def failing_kernel(*args):
+        calls.append(1)
+        raise RuntimeError('no kernel')
+
+    monkeypatch.setattr(packed_memory, 'packed_read_triton', failing_kernel)
+    monkeypatch.setattr(packed_memory, 'triton_enabled',
+                        lambda tensor: not PackedMemoryBank.triton_failed)
+    monkeypatch.setattr(PackedMemoryBank, 'triton_failed', False)
+    bank = PackedMemoryBank()
+    with caplog.at_level(logging.WARNING, logger='models.packed_memory'):
+        for t, out, expected in run_schedule(bank, 4, pinned_at={0}, keep_every=1, seed=6):
+            assert (out - expected).abs().max() < 2e-6
+    assert len(calls) == 1
+    assert len([r for r in caplog.records if 'Triton memory read failed' in r.message]) == 1
+
+
+def interpreter_case(kernel):
+    """The kernel's and the PyTorch path's reads (padded, as on a GPU) of a bounded bank after
+    evictions and of a bank with more memory splits than frames; the largest difference."""
+    bounded, spare = PackedMemoryBank(max_frames=3), PackedMemoryBank(expected_frames=12)
+    for _ in run_schedule(bounded, 9, pinned_at={0}, keep_every=2, seed=7):
+        pass
+    for _ in run_schedule(spare, 3, pinned_at={0}, keep_every=1, seed=8):
+        pass
+    g = torch.Generator().manual_seed(9)
+    query_key, _, query_region = random_query(g)
+    order, count = pack_order(query_region.flatten(1))
+    query_keys = packed_memory.pack_positions(query_key, order).contiguous()
+    outside = torch.tensor([30.0, 0.0, 7.0])
+    difference, untouched = 0.0, True
+    for bank in (bounded, spare):
+        ours, reference = torch.full((3, 40, 54), 9.0), torch.full((3, 40, 54), 9.0)
+        args = (bank.keys, bank.values, bank.slot_count, bank.n_read, query_keys, order, count, outside)
+        kernel(*args, ours)
+        read_packed_torch(*args, reference, host_counts=False)
+        difference = max(difference, float((ours - reference).abs().max()))
+        untouched = untouched and bool((ours[2] == 9.0).all())
+    return difference, untouched
+
+
+INTERPRETED = """
+import sys
+sys.path[:0] = sys.argv[1:]
+from models.packed_read_triton import packed_read_triton
+from test_packed_memory import interpreter_case
+print(*interpreter_case(packed_read_triton))
+"""
+
+
+def test_triton_kernel_in_the_interpreter_equals_the_pytorch_path():
+    """fp32 only: the interpreter has no bf16 dot. Triton must be imported in interpreter mode,
+    hence a separate process."""
+    pytest.importorskip('triton')
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    result = subprocess.run([sys.executable, '-c', INTERPRETED, str(ROOT), str(ROOT / 'tests')],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    difference, untouched = result.stdout.split()
+    assert float(difference) < 1e-5
+    assert untouched == 'True'                               # no query region: left as it was
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+
+
+def gpu_memory(seed, frames, n=2, key_dim=128, value_dim=512, height=30, width=54):
+    g = torch.Generator().manual_seed(seed)
+    memory = []
+    for t in range(frames):
+        key = torch.randn(n, key_dim, height, width, generator=g) * 0.15
+        value = torch.randn(n, value_dim, height, width, generator=g)
+        region = torch.zeros(n, height, width)
+        region[0, 5 + t % 4:17 + t % 4, 10:30] = 1
+        region[1] = 1 if t % 2 else 0
+        memory.append((key.cuda(), value.cuda(), region.cuda()))
+    key = torch.randn(n, key_dim, height, width, generator=g) * 0.15
+    value = torch.randn(n, value_dim, height, width, generator=g)
+    region = torch.zeros(n, height, width)
+    region[0, 8:22, 14:40] = 1
+    region[1, :, :20] = 1
+    return memory, (key.cuda(), value.cuda(), region.cuda())
+
+
+def filled_bank(memory, dtype):
+    bank = PackedMemoryBank(expected_frames=len(memory))
+    for key, value, region in memory[:-1]:
+        bank.write_latest(key.to(dtype), value.to(dtype), region)
+        bank.keep()
+    key, value, region = memory[-1]
+    bank.write_latest(key.to(dtype), value.to(dtype), region)
+    return bank
+
+
+@cuda
+@pytest.mark.parametrize('frames', [1, 13, 40])
+def test_triton_equals_pytorch_path_and_dense_on_the_gpu(frames, monkeypatch):
+    assert packed_memory.triton_enabled(torch.zeros(1, device='cuda'))
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)   # an fp32 reference
+    memory, query = gpu_memory(frames, frames)
+    expected = dense_read(memory, query)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 0.05)):
+        bank = filled_bank(memory, dtype)
+        low = [x.to(dtype) for x in query[:2]] + [query[2]]
+        triton_out = bank.read(*low).float()
+        monkeypatch.setenv('RMNET_NO_TRITON', '1')
+        torch_out = bank.read(*low).float()
+        monkeypatch.delenv('RMNET_NO_TRITON')
+        assert (triton_out - expected).abs().max() < tolerance, (dtype, frames)
+        assert (torch_out - expected).abs().max() < tolerance, (dtype, frames)
+        assert (triton_out - torch_out).abs().max() < tolerance, (dtype, frames)
+    assert not PackedMemoryBank.triton_failed
+
+
+@cuda
+@pytest.mark.parametrize('no_triton', ['', '1'])
+@pytest.mark.parametrize('max_frames', [0, 4])
+def test_bank_in_a_cuda_graph_replays_keeps_and_evictions(no_triton, max_frames, monkeypatch):
+    monkeypatch.setenv('RMNET_NO_TRITON', no_triton)
+    g = torch.Generator().manual_seed(9)
+    frames = [random_frame(g, t, device='cuda') for t in range(30)]
+    queries = [random_query(g, device='cuda') for _ in range(30)]
+    frame_in = [x.clone() for x in frames[0]]
+    query_in = [x.clone() for x in queries[0]]
+    captured = PackedMemoryBank(expected_frames=3, max_frames=max_frames)
+    eager = PackedMemoryBank(expected_frames=3, max_frames=max_frames)
+
+    def step():
+        captured.write_latest(*frame_in)
+        return captured.read(*query_in)
+
+    graphed = GraphedStep(step)
+    recaptures = 0
+    for t in range(30):
+        for buffer, x in zip(frame_in + query_in, frames[t] + queries[t]):
+            buffer.copy_(x)
+        if captured.will_reallocate():
+            graphed.reset()
+            recaptures += 1
+        out = graphed().clone()
+        eager.write_latest(*frames[t])
+        expected = eager.read(*queries[t])
+        assert (out - expected).abs().max() < 1e-5, t
+        if t % 2 == 0 or t == 5:
+            captured.keep(pinned=t in (0, 5))
+            eager.keep(pinned=t in (0, 5))
+    # capacities 3, 5, 8, 12, 18 unbounded; bounded 3, 5, 8 (2 pinned + 4 recent + latest fit)
+    assert recaptures == (5 if max_frames == 0 else 3)
