@@ -51,9 +51,10 @@ def test_overfitting_one_clip_halves_the_loss(data_root, tmp_path):
     torch.manual_seed(0)
     cfg = still_clip_cfg(training_cfg(data_root, N_EPOCHS=100))
     trainer = Trainer(cfg, str(tmp_path))
-    batch = next(iter(trainer._loader(1)))
+    trainer.sampler.set_epoch(1, 1)
+    batch = next(iter(trainer.loader))
     trainer.set_train_mode()
-    losses = [trainer.train_step(batch)[0] for _ in range(30)]
+    losses = [float(trainer.train_step(batch)[0][0]) for _ in range(30)]
     assert min(losses[-5:]) < 0.5 * losses[0], losses
 
 
