@@ -191,3 +191,23 @@ def test_lovasz_of_an_all_wrong_prediction_is_one():
         labels = torch.tensor([labels])
         probs = F.one_hot(1 - labels, 2).permute(0, 2, 1).float()
         assert lovasz_softmax(probs, labels).item() == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_mask_losses_and_their_gradient_do_not_synchronise_on_the_gpu():
+    generator = torch.Generator().manual_seed(10)
+    logits = (torch.randn(2, 3, 4, 64, 64, generator=generator) * 4).cuda().requires_grad_(True)
+    labels = torch.randint(0, 4, (2, 3, 64, 64), generator=generator)
+    labels[:, :, :5] = IGNORE
+    labels = labels.cuda()
+    reference = segmentation_loss_terms(logits.detach().cpu(), labels.cpu())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        lovasz, nll = segmentation_loss_terms(logits, labels)
+        (lovasz + nll).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert torch.isfinite(logits.grad).all()
+    assert lovasz.item() == pytest.approx(reference[0].item(), abs=1e-5)
+    assert nll.item() == pytest.approx(reference[1].item(), abs=1e-5)

@@ -229,3 +229,29 @@ def test_channels_last_training_step_gives_the_same_losses():
         results.append(torch.stack([step(batch)[0] for _ in range(2)]))
     assert torch.isfinite(results[0]).all()
     assert torch.allclose(results[0], results[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('precision, channels_last, tolerance', [('fp32', False, 1e-3), ('fp32', True, 1e-3),
+                                                                 ('bf16', True, 5e-2)])
+def test_gpu_training_step_gives_the_cpu_losses(precision, channels_last, tolerance):
+    """Fused Adam, cuDNN, channels-last and bf16 change the arithmetic only: two steps on the
+    GPU give the losses of the same two steps on the CPU."""
+    from core.train import TrainingStep, freeze_batch_norm, use_channels_last
+    from tools.benchmark_train import synthetic_batch
+    losses = []
+    for device in (torch.device('cpu'), torch.device('cuda')):
+        cfg = copy.deepcopy(global_cfg)
+        cfg.TRAIN.CHANNELS_LAST = channels_last and device.type == 'cuda'
+        torch.manual_seed(0)
+        net = RMNet(cfg).to(device).train()
+        freeze_batch_norm(net)
+        use_channels_last(cfg, net)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-5, fused=device.type == 'cuda')
+        step = TrainingStep(cfg, net, optimizer, torch.amp.GradScaler('cuda', enabled=False), device, 'RMNet',
+                            precision if device.type == 'cuda' else 'fp32')
+        batch = synthetic_batch(2, 96, device)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            losses.append(torch.stack([step(batch)[0] for _ in range(2)]).cpu())
+    assert torch.isfinite(losses[1]).all()
+    assert torch.allclose(losses[1], losses[0], rtol=tolerance, atol=tolerance)
