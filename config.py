@@ -64,7 +64,7 @@ __C.DATASET.TEST_DATASET = 'DAVIS'                        # DAVIS | DAVIS2016 | 
 # Constants
 #
 __C.CONST = edict()
-__C.CONST.N_WORKERS = 2
+__C.CONST.N_WORKERS = 8                                  # loading processes per GPU (any count gives the same clips)
 __C.CONST.IGNORE_IDX = 255
 __C.CONST.DATASET_MEAN = [0.485, 0.456, 0.406]
 __C.CONST.DATASET_STD = [0.229, 0.224, 0.225]
