@@ -64,7 +64,7 @@ __C.DATASET.TEST_DATASET = 'DAVIS'                        # DAVIS | DAVIS2016 | 
 # Constants
 #
 __C.CONST = edict()
-__C.CONST.N_WORKERS = 2
+__C.CONST.N_WORKERS = 8                                  # loading processes per GPU (any count gives the same clips)
 __C.CONST.IGNORE_IDX = 255
 __C.CONST.DATASET_MEAN = [0.485, 0.456, 0.406]
 __C.CONST.DATASET_STD = [0.229, 0.224, 0.225]
@@ -110,6 +110,9 @@ __C.TRAIN.PRECISION = 'fp32'                              # fp32 | bf16 | fp16 (
 __C.TRAIN.PRETRAINED_BACKBONE = True                      # ImageNet ResNet-50 from torchvision
 __C.TRAIN.SAVE_FREQ = 10                                  # keep a numbered checkpoint every N epochs
 __C.TRAIN.VISUALIZE_EVERY = 100                           # TensorBoard images every N steps
+__C.TRAIN.LOG_EVERY = 20                                  # read the losses back from the GPU every N steps
+__C.TRAIN.CHANNELS_LAST = False                           # NHWC weights and activations (speed only)
+__C.TRAIN.CUDNN_BENCHMARK = True                          # cuDNN picks the fastest kernels for the crop size
 __C.TRAIN.RESUME = ''                                     # checkpoint to continue from (or --resume)
 __C.TRAIN.AUGMENTATION = edict()
 __C.TRAIN.AUGMENTATION.RESIZE_SIZE = 480                  # short side

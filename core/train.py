@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from core.segmenter import VideoSegmenter
 from datasets.registry import list_videos
 from datasets.video_clips import build_training_set, max_frame_step
 from models.initialization import calibrate_random_rmnet, init_new_layers
-from models.losses import flow_loss, segmentation_loss
+from models.losses import flow_loss, segmentation_loss_terms
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import (CheckpointError, load_networks, load_state_strict, published_checkpoint,
@@ -110,6 +110,183 @@ def restore_random_states(states: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states['cuda'])
 
 
+def logits_of(probs: torch.Tensor) -> torch.Tensor:
+    """Logits of the soft aggregation from RMNet.forward's probabilities: their log, whose
+    softmax is the same distribution. The aggregation bounds the logits (a clamp of the
+    per-object probabilities), so no probability is 0 and the log is finite."""
+    return torch.log(probs.float())
+
+
+def loss_names(network_name: str) -> Tuple[str, ...]:
+    """The per-step loss terms a network reports, the total first."""
+    return ('loss', 'lovasz', 'nll') if network_name == 'RMNet' else ('loss',)
+
+
+def no_stage_mark(stage: str) -> None:
+    """The default stage hook of TrainingStep: training does not time its stages."""
+
+
+class TrainingStep:
+    """One optimiser step on a batch, queued on the device without waiting for it.
+
+    Returns the detached loss terms (`loss_names`) as one device tensor, read back by the
+    caller when it logs, and for RMNet the probabilities (B, T, K, H, W). `mark(stage)` is
+    called as each stage begins ('forward', 'losses', 'backward', 'optimizer') and with
+    'end' after the last (tools/benchmark_train.py times the stages with it).
+    """
+
+    def __init__(self, cfg, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, device: torch.device, network_name: str,
+                 precision: str, mark: Callable[[str], None] = no_stage_mark):
+        self.cfg = cfg
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.device = device
+        self.network_name = network_name
+        self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision)
+        self.mark = mark
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                              enabled=self.dtype is not None)
+
+    def to_device(self, batch: Dict[str, Any], key: str) -> torch.Tensor:
+        return batch[key].to(self.device, non_blocking=True)
+
+    def losses(self, batch: Dict[str, Any]) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+        """The loss terms of one batch and, for RMNet, its probabilities."""
+        self.mark('forward')
+        frames, labels = self.to_device(batch, 'frames'), self.to_device(batch, 'labels')
+        flows = self.to_device(batch, 'flows')
+        ignore_index = self.cfg.CONST.IGNORE_IDX
+        if self.network_name == 'TinyFlowNet':
+            with self.autocast():
+                predicted = self.model(frames)
+            self.mark('losses')
+            return [flow_loss(predicted[:, 1:], flows[:, 1:], labels[:, 1:] != ignore_index)], None
+        counts = batch['n_objects']                          # host tensor: no synchronisation
+        if int(counts.sum()) == 0:
+            logger.warning('A batch without any object: zero loss for this step')
+            zero = sum(p.sum() * 0 for p in self.model.parameters())
+            return [zero, zero, zero], None
+        masks = self.to_device(batch, 'masks')
+        n_objects = counts.view(-1, 1).expand(-1, frames.shape[1])
+        with self.autocast():
+            probs = self.model(frames, masks, flows, n_objects, self.cfg.TRAIN.MEMORIZE_EVERY)
+        self.mark('losses')
+        lovasz, nll = segmentation_loss_terms(logits_of(probs), labels, 1, ignore_index)
+        return [lovasz + nll, lovasz, nll], probs
+
+    def __call__(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self.optimizer.zero_grad(set_to_none=True)
+        terms, probs = self.losses(batch)
+        self.mark('backward')
+        self.scaler.scale(terms[0]).backward()
+        self.mark('optimizer')
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.mark('end')
+        return torch.stack(terms).detach(), probs
+
+
+class LossLog:
+    """The loss terms of the steps since the last read, kept on the device: reading them is
+    the one host synchronisation of training, every TRAIN.LOG_EVERY steps and at the end of
+    an epoch. A non-finite loss stops the run there, naming its step and clips (checkpoints
+    are written only after an epoch whose losses were all read)."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = tuple(names)
+        self.pending: List[Tuple[int, Any, torch.Tensor]] = []
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def add(self, step: int, clips: Any, terms: torch.Tensor) -> None:
+        self.pending.append((step, clips, terms))
+
+    def read(self, epoch: int) -> List[Tuple[int, Dict[str, float]]]:
+        """(step, {term: value}) of the pending steps, in order; then nothing is pending."""
+        if not self.pending:
+            return []
+        values = torch.stack([terms for _, _, terms in self.pending]).tolist()
+        records = []
+        for (step, clips, _), row in zip(self.pending, values):
+            if not all(math.isfinite(v) for v in row):
+                raise TrainingError(f'the loss is {row[0]} at epoch {epoch}, step {step} (clips {clips})')
+            records.append((step, dict(zip(self.names, row))))
+        self.pending = []
+        return records
+
+
+class EpochItems(torch.utils.data.Dataset):
+    """The training set addressed by (epoch, frame step, index) keys, so that workers that
+    live across epochs (persistent_workers) draw each item of each epoch as a fresh
+    DataLoader would: the key sets the dataset's epoch and frame step in the worker."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+        self.state: Optional[Tuple[int, int]] = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int, int]) -> Dict[str, Any]:
+        epoch, step, index = key
+        if self.state != (epoch, step):
+            self.dataset.set_epoch(epoch)
+            self.dataset.set_frame_step(step)
+            self.state = (epoch, step)
+        return self.dataset[index]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """This epoch's order of the training set (seeded by CONST.RNG_SEED and the epoch; with
+    several processes each takes its share, DistributedSampler), as EpochItems keys."""
+
+    def __init__(self, n_items: int, seed: int, dist_info: Distributed):
+        self.n_items = n_items
+        self.seed = seed
+        self.dist = dist_info
+        self.epoch, self.frame_step = 0, 1
+
+    def set_epoch(self, epoch: int, frame_step: int) -> None:
+        self.epoch, self.frame_step = epoch, frame_step
+
+    def _order(self) -> torch.utils.data.Sampler:
+        if self.dist.world_size > 1:
+            sampler = torch.utils.data.DistributedSampler(range(self.n_items), self.dist.world_size,
+                                                          self.dist.rank, shuffle=True, seed=self.seed,
+                                                          drop_last=True)
+            sampler.set_epoch(self.epoch)
+            return sampler
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return torch.utils.data.RandomSampler(range(self.n_items), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self._order())
+
+    def __iter__(self) -> Iterator[Tuple[int, int, int]]:
+        return ((self.epoch, self.frame_step, int(i)) for i in self._order())
+
+
+def training_loader(cfg, dataset: torch.utils.data.Dataset, sampler: EpochSampler,
+                    batch_per_process: int, device: torch.device) -> torch.utils.data.DataLoader:
+    """Loading and augmentation in CONST.N_WORKERS worker processes that live across epochs,
+    batches prefetched into pinned memory (CUDA) for asynchronous copies to the device."""
+    workers = cfg.CONST.N_WORKERS
+    return torch.utils.data.DataLoader(EpochItems(dataset), batch_size=batch_per_process, sampler=sampler,
+                                       num_workers=workers, drop_last=True,
+                                       pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+
+
+def use_channels_last(cfg, module: torch.nn.Module) -> None:
+    """TRAIN.CHANNELS_LAST: the network's weights (and so its activations) in NHWC layout."""
+    if cfg.TRAIN.CHANNELS_LAST:
+        module.to(memory_format=torch.channels_last)
+
+
 class Trainer:
     """Holds the networks, optimiser, data and bookkeeping of one training run."""
 
@@ -134,6 +311,9 @@ class Trainer:
         self.tflownet.to(self.dist.device)
         self.rmnet.to(self.dist.device)
         self.trained = self.rmnet if self.network_name == 'RMNet' else self.tflownet
+        use_channels_last(cfg, self.trained)
+        if self.dist.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = cfg.TRAIN.CUDNN_BENCHMARK
         if cfg.TRAIN.SYNC_BN and self.dist.world_size > 1:
             self.trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.trained)
             if self.network_name == 'RMNet':
@@ -143,7 +323,8 @@ class Trainer:
             device_ids = [self.dist.device.index] if self.dist.device.type == 'cuda' else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.trained, device_ids=device_ids)
         self.optimizer = torch.optim.Adam(self.trained.parameters(), lr=cfg.TRAIN.LEARNING_RATE,
-                                          betas=tuple(cfg.TRAIN.BETAS), weight_decay=cfg.TRAIN.WEIGHT_DECAY)
+                                          betas=tuple(cfg.TRAIN.BETAS), weight_decay=cfg.TRAIN.WEIGHT_DECAY,
+                                          fused=self.dist.device.type == 'cuda')
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.TRAIN.N_EPOCHS)
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.precision == 'fp16'
                                            and self.dist.device.type == 'cuda')
@@ -153,6 +334,10 @@ class Trainer:
         self.best_metrics = {'J-Mean': 0.0, 'F-Mean': 0.0, 'JF-Mean': 0.0}
         self.best_loss = math.inf
         self.dataset = build_training_set(cfg)
+        self.sampler = EpochSampler(len(self.dataset), cfg.CONST.RNG_SEED, self.dist)
+        self.loader = training_loader(cfg, self.dataset, self.sampler, self.batch_per_process, self.dist.device)
+        self.step = TrainingStep(cfg, self.model, self.optimizer, self.scaler, self.dist.device,
+                                 self.network_name, self.precision)
         if len(self.dataset) < batch:
             raise TrainingError(f'the training set has {len(self.dataset)} clips, fewer than one batch '
                                 f'of {batch} (TRAIN.BATCH_SIZE)')
@@ -169,9 +354,9 @@ class Trainer:
         """Random weights: condition the encoders and keys on training frames (rank 0's draw,
         then broadcast, so every process starts from the same network)."""
         if self.dist.is_main:
-            loader = self._loader(0)
+            self.sampler.set_epoch(0, 1)
             batches = []
-            for batch, _ in zip(loader, range(n_batches)):
+            for batch, _ in zip(self.loader, range(n_batches)):
                 frames = batch['frames'][:, 0].to(self.dist.device)
                 masks = batch['masks'][:, 0, 1:2].to(self.dist.device)
                 batches.append((frames, masks))
@@ -204,54 +389,11 @@ class Trainer:
         restore_random_states(checkpoint['rng'])
         logger.info('Resuming from %s at epoch %d', path, self.epoch)
 
-    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        if self.dist.world_size > 1:
-            sampler = torch.utils.data.DistributedSampler(self.dataset, self.dist.world_size, self.dist.rank,
-                                                          shuffle=True, seed=self.cfg.CONST.RNG_SEED,
-                                                          drop_last=True)
-            sampler.set_epoch(epoch)
-        else:
-            generator = torch.Generator().manual_seed(self.cfg.CONST.RNG_SEED * 1000 + epoch)
-            sampler = torch.utils.data.RandomSampler(self.dataset, generator=generator)
-        return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_per_process, sampler=sampler,
-                                           num_workers=self.cfg.CONST.N_WORKERS, drop_last=True,
-                                           pin_memory=self.dist.device.type == 'cuda')
-
-    def _autocast(self):
-        dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(self.precision)
-        return torch.autocast(self.dist.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-    def loss(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The loss of one batch and, for RMNet, its probabilities (B, T, K, H, W)."""
-        device = self.dist.device
-        frames = batch['frames'].to(device, non_blocking=True)
-        labels = batch['labels'].to(device, non_blocking=True)
-        with self._autocast():
-            if self.network_name == 'TinyFlowNet':
-                flows = batch['flows'].to(device, non_blocking=True)
-                predicted = self.model(frames)
-                return flow_loss(predicted[:, 1:], flows[:, 1:], labels[:, 1:] != self.cfg.CONST.IGNORE_IDX), None
-            masks = batch['masks'].to(device, non_blocking=True)
-            flows = batch['flows'].to(device, non_blocking=True)
-            n_objects = batch['n_objects'].view(-1, 1).expand(-1, frames.shape[1])
-            if int(n_objects.sum()) == 0:
-                logger.warning('A batch without any object: zero loss for this step')
-                return sum(p.sum() * 0 for p in self.model.parameters()), None
-            probs = self.model(frames, masks, flows, n_objects, self.cfg.TRAIN.MEMORIZE_EVERY)
-        return segmentation_loss(probs.float(), labels, frames=range(1, frames.shape[1]),
-                                 ignore_index=self.cfg.CONST.IGNORE_IDX), probs
-
-    def train_step(self, batch: Dict[str, Any]) -> Tuple[float, Optional[torch.Tensor]]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, probs = self.loss(batch)
-        if not torch.isfinite(loss):
-            raise TrainingError(f'the loss is {float(loss)} at epoch {self.epoch}, step {self.global_step} '
-                                f'(clips {batch.get("name")})')
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+    def train_step(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """One step: the detached loss terms (device tensor) and, for RMNet, the probabilities."""
+        terms, probs = self.step(batch)
         self.global_step += 1
-        return float(loss.detach()), probs
+        return terms, probs
 
     def set_train_mode(self) -> None:
         self.trained.train()
@@ -261,30 +403,31 @@ class Trainer:
     def train_epoch(self) -> float:
         self.set_train_mode()
         step = 1 if self.network_name == 'TinyFlowNet' else frame_step(self.cfg, self.epoch, self.hold_epochs)
-        self.dataset.set_epoch(self.epoch)
-        self.dataset.set_frame_step(step)
-        loader = self._loader(self.epoch)
-        losses = []
+        self.sampler.set_epoch(self.epoch, step)
+        log = LossLog(loss_names(self.network_name))
+        self.epoch_losses: List[float] = []
         if self.dist.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.dist.device)
         started = time.perf_counter()
-        bar = tqdm(loader, desc=f'Epoch {self.epoch}/{self.cfg.TRAIN.N_EPOCHS} (step {step})',
+        bar = tqdm(self.loader, desc=f'Epoch {self.epoch}/{self.cfg.TRAIN.N_EPOCHS} (step {step})',
                    disable=not self.dist.is_main, dynamic_ncols=True)
         for batch in bar:
-            loss, probs = self.train_step(batch)
-            losses.append(loss)
-            bar.set_postfix(loss=f'{loss:.4f}')
-            if self.writer is not None:
-                self.writer.add_scalar('Loss/Batch', loss, self.global_step)
-                if probs is not None and self.global_step % self.cfg.TRAIN.VISUALIZE_EVERY == 0:
-                    self._log_images(batch, probs)
+            terms, probs = self.train_step(batch)
+            log.add(self.global_step, batch.get('name'), terms)
+            if len(log) >= self.cfg.TRAIN.LOG_EVERY:
+                self._write_losses(log.read(self.epoch), bar)
+            if (self.writer is not None and probs is not None
+                    and self.global_step % self.cfg.TRAIN.VISUALIZE_EVERY == 0):
+                self._log_images(batch, probs)
+        self._write_losses(log.read(self.epoch), bar)
         self.scheduler.step()
         elapsed = time.perf_counter() - started
-        self.throughput = {'iterations_per_s': len(losses) / elapsed,
-                           'samples_per_s': len(losses) * self.cfg.TRAIN.BATCH_SIZE / elapsed,
+        n_steps = len(self.epoch_losses)
+        self.throughput = {'iterations_per_s': n_steps / elapsed,
+                           'samples_per_s': n_steps * self.cfg.TRAIN.BATCH_SIZE / elapsed,
                            'peak_gpu_gib': (torch.cuda.max_memory_allocated(self.dist.device) / 2 ** 30
                                             if self.dist.device.type == 'cuda' else 0.0)}
-        mean_loss = float(np.mean(losses)) if losses else math.nan
+        mean_loss = float(np.mean(self.epoch_losses)) if self.epoch_losses else math.nan
         if self.dist.world_size > 1:
             total = torch.tensor([mean_loss], device=self.dist.device)
             dist.all_reduce(total)
@@ -294,7 +437,20 @@ class Trainer:
             self.writer.add_scalar('Train/FrameStep', step, self.epoch)
             self.writer.add_scalar('Train/LearningRate', self.scheduler.get_last_lr()[0], self.epoch)
             self.writer.add_scalar('Train/IterationsPerSecond', self.throughput['iterations_per_s'], self.epoch)
+            self.writer.add_scalar('Train/SamplesPerSecond', self.throughput['samples_per_s'], self.epoch)
         return mean_loss
+
+    def _write_losses(self, records: List[Tuple[int, Dict[str, float]]], bar: tqdm) -> None:
+        """Losses read back from the device: the epoch's list, TensorBoard, the progress bar."""
+        for step, values in records:
+            self.epoch_losses.append(values['loss'])
+            if self.writer is not None:
+                self.writer.add_scalar('Loss/Batch', values['loss'], step)
+                for name in ('lovasz', 'nll'):
+                    if name in values:
+                        self.writer.add_scalar(f'Loss/Batch{name.capitalize()}', values[name], step)
+        if records:
+            bar.set_postfix(loss=f'{records[-1][1]["loss"]:.4f}')
 
     def _log_images(self, batch: Dict[str, Any], probs: torch.Tensor) -> None:
         mean = np.array(self.cfg.CONST.DATASET_MEAN)

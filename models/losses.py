@@ -1,47 +1,50 @@
 """Training losses: Lovász-softmax + NLL for the masks (SPEC 5), L1 for TinyFlowNet.
 
+The mask losses take the logits of the soft aggregation (the tensor whose softmax over the
+channels is the predicted probability). The NLL term is the published mean of -log of the
+true class probability, computed as a log-softmax of the logits: equal to the published value
+wherever that is finite, and with a finite gradient everywhere (a clamp of the probabilities
+would give the most wrong pixels no gradient at all).
+
 Label 255 (the affine fill, VOC void) is ignored by both mask losses. This is the intent of the
 published code; its one-hot step turned those pixels into background by accident.
+
+Nothing here waits for the device: void pixels are masked instead of removed, and the
+Lovász sorts run for every class (and image) in one batched sort.
 """
-from typing import Optional, Sequence
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = 255
-PROB_EPS = 1e-7   # probabilities are clamped to at least this before the log
 
 
 def _lovasz_gradient(sorted_fg: torch.Tensor) -> torch.Tensor:
     """Gradient of the Lovász extension of the Jaccard loss for errors sorted in decreasing
-    order; `sorted_fg` (P, C) is 1 where the pixel belongs to the class."""
-    total = sorted_fg.sum(dim=0, keepdim=True)
-    intersection = total - sorted_fg.cumsum(dim=0)
-    union = total + (1 - sorted_fg).cumsum(dim=0)
+    order along the last dimension; `sorted_fg` (..., P) is 1 where the pixel is of the class."""
+    total = sorted_fg.sum(dim=-1, keepdim=True)
+    intersection = total - sorted_fg.cumsum(dim=-1)
+    union = total + (1 - sorted_fg).cumsum(dim=-1)
     jaccard = 1 - intersection / union
-    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]], dim=0)
+    return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
 
 
-def _lovasz_flat(probs: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
-    """Mean over the present classes of the Lovász-softmax of (P, C) probabilities and (P,)
-    labels already free of ignored pixels; None when there is no pixel."""
-    if labels.numel() == 0:
-        return None
+def _lovasz_groups(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Lovász-softmax of G groups of pixels: probs (G, C, P), labels (G, P) -> (G,) the mean over
+    each group's present classes, and (G,) bool, whether the group has a valid pixel.
+
+    An ignored pixel gets error 0 and counts for no class: it sorts after every pixel with a
+    positive error, so it changes neither the value nor the gradient of the others."""
     classes = torch.arange(probs.shape[1], device=labels.device)
-    fg = (labels[:, None] == classes).to(probs.dtype)
-    errors = (fg - probs).abs()
-    sorted_errors, order = errors.sort(dim=0, descending=True)
-    per_class = (sorted_errors * _lovasz_gradient(fg.gather(0, order))).sum(dim=0)
-    present = fg.sum(dim=0) > 0
-    return per_class[present].mean()
-
-
-def _pixels(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int):
-    """(N, C, *) and (N, *) -> the valid pixels as (P, C) and (P,)."""
-    flat_probs = probs.movedim(1, -1).reshape(-1, probs.shape[1])
-    flat_labels = labels.reshape(-1)
-    valid = flat_labels != ignore_index
-    return flat_probs[valid], flat_labels[valid]
+    fg = (labels[:, None, :] == classes[None, :, None]).to(probs.dtype)       # (G, C, P)
+    valid = (labels != ignore_index)[:, None, :].to(probs.dtype)
+    errors = (fg - probs).abs() * valid
+    sorted_errors, order = errors.sort(dim=-1, descending=True)
+    per_class = (sorted_errors * _lovasz_gradient(fg.gather(-1, order))).sum(dim=-1)   # (G, C)
+    present = (fg.sum(dim=-1) > 0).to(probs.dtype)
+    n_present = present.sum(dim=-1)
+    return (per_class * present).sum(dim=-1) / n_present.clamp_min(1), n_present > 0
 
 
 def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
@@ -49,39 +52,47 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     """Lovász-softmax loss (Berman et al. 2018) over the classes present in the labels.
 
     probs (N, C, *) class probabilities, labels (N, *) class indexes. per_image: the mean of
-    each item's loss (items with no valid pixel skipped), else one loss over all pixels.
+    each item's loss (items with no valid pixel skipped), else one loss over all pixels; 0
+    when no pixel is valid.
     """
     probs = probs.float()
-    items = zip(probs[:, None], labels[:, None]) if per_image else [(probs, labels)]
-    losses = [_lovasz_flat(*_pixels(p, l, ignore_index)) for p, l in items]
-    losses = [loss for loss in losses if loss is not None]
-    return torch.stack(losses).mean() if losses else probs.sum() * 0
+    n, channels = probs.shape[:2]
+    if per_image:
+        groups, group_labels = probs.reshape(n, channels, -1), labels.reshape(n, -1)
+    else:
+        groups = probs.movedim(1, 0).reshape(1, channels, -1)
+        group_labels = labels.reshape(1, -1)
+    losses, has_pixels = _lovasz_groups(groups, group_labels, ignore_index)
+    weight = has_pixels.to(losses.dtype)
+    return (losses * weight).sum() / weight.sum().clamp_min(1)
 
 
-def nll_loss(probs: torch.Tensor, labels: torch.Tensor,
+def nll_loss(logits: torch.Tensor, labels: torch.Tensor,
              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Mean negative log of the true class probability over non-ignored pixels (0 when none).
-    probs (N, C, *), labels (N, *)."""
-    probs = probs.float()
-    if not bool((labels != ignore_index).any()):
-        return probs.sum() * 0
-    return F.nll_loss(probs.clamp_min(PROB_EPS).log(), labels.long(), ignore_index=ignore_index)
+    """Mean of -log softmax(logits) of the true class over non-ignored pixels (0 when none).
+    logits (N, C, *), labels (N, *)."""
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    valid = labels != ignore_index
+    true_class = torch.where(valid, labels, 0).long().unsqueeze(1)
+    picked = -log_probs.gather(1, true_class).squeeze(1)
+    weight = valid.to(picked.dtype)
+    return (picked * weight).sum() / weight.sum().clamp_min(1)
 
 
-def segmentation_loss(probs: torch.Tensor, labels: torch.Tensor, frames: Sequence[int] = (1, 2),
-                      ignore_index: int = IGNORE_INDEX, per_image: bool = False) -> torch.Tensor:
-    """Lovász-softmax + NLL over the given frames of a clip (frame 0 is the given mask).
+def segmentation_loss_terms(logits: torch.Tensor, labels: torch.Tensor, first_frame: int = 1,
+                            ignore_index: int = IGNORE_INDEX,
+                            per_image: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(Lovász-softmax, NLL) over frames `first_frame`.. of a clip (frame 0 is the given mask).
 
-    probs (B, T, K, H, W) probabilities, labels (B, T, H, W) with `ignore_index` ignored. As
-    published, both terms pool the pixels of all frames and clips of the batch (per_image=True:
-    the Lovász term averages over frames instead).
+    logits (B, T, K, H, W) of the soft aggregation, labels (B, T, H, W) with `ignore_index`
+    ignored. As published, both terms pool the pixels of all frames and clips of the batch
+    (per_image=True: the Lovász term averages over frames instead).
     """
-    frames = list(frames)
-    probs, labels = probs[:, frames], labels[:, frames]
-    flat_probs = probs.flatten(0, 1)      # (B * F, K, H, W)
-    flat_labels = labels.flatten(0, 1)    # (B * F, H, W)
-    return (lovasz_softmax(flat_probs, flat_labels, ignore_index, per_image)
-            + nll_loss(flat_probs, flat_labels, ignore_index))
+    flat_logits = logits[:, first_frame:].flatten(0, 1).float()     # (B * F, K, H, W)
+    flat_labels = labels[:, first_frame:].flatten(0, 1)             # (B * F, H, W)
+    probs = F.softmax(flat_logits, dim=1)
+    return (lovasz_softmax(probs, flat_labels, ignore_index, per_image),
+            nll_loss(flat_logits, flat_labels, ignore_index))
 
 
 def flow_loss(predicted: torch.Tensor, target: torch.Tensor,

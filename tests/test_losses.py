@@ -1,12 +1,14 @@
-"""Mask and flow losses: hand-checked Lovász values, ignored pixels, NLL against torch."""
+"""Mask and flow losses: hand-checked Lovász values, NLL and Lovász against NumPy, ignored
+pixels, finite gradients."""
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models.losses import PROB_EPS, flow_loss, lovasz_softmax, nll_loss, segmentation_loss
+from models.losses import flow_loss, lovasz_softmax, nll_loss, segmentation_loss_terms
 
 IGNORE = 255
 
@@ -95,41 +97,82 @@ def test_ignored_pixels_change_nothing():
         lovasz_softmax(flat_probs, labels[valid][None]).item())
 
 
-def test_nll_equals_torch_with_ignore_index():
-    probs = random_probs(2, 4, 3, 3)
+def numpy_softmax(logits, axis):
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def test_nll_is_minus_log_of_the_true_class_probability():
+    logits = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(4)) * 3
     labels = torch.randint(0, 4, (2, 3, 3), generator=torch.Generator().manual_seed(4))
     labels[1, 0] = IGNORE
-    expected = F.nll_loss(probs.log(), labels, ignore_index=IGNORE)
-    assert nll_loss(probs, labels).item() == pytest.approx(expected.item())
+    probs = numpy_softmax(logits.double().numpy(), axis=1)
+    keep = labels.numpy() != IGNORE
+    true_class = np.take_along_axis(probs, np.where(keep, labels.numpy(), 0)[:, None], 1)[:, 0]
+    expected = -np.log(true_class[keep]).mean()
+    assert nll_loss(logits, labels).item() == pytest.approx(expected, abs=1e-5)
 
 
-def test_losses_are_finite_for_zero_probabilities_and_all_ignored_pixels():
-    probs = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]], requires_grad=True)   # (1, C=2, P=2)
-    labels = torch.tensor([[0, 1]])                      # every true class has probability 0
-    loss = nll_loss(probs, labels) + lovasz_softmax(probs, labels)
-    loss.backward()
-    assert loss.item() == pytest.approx(-math.log(PROB_EPS) + 1.0)
-    assert torch.isfinite(probs.grad).all()
+def test_segmentation_loss_terms_against_numpy():
+    """Both terms on a small void-free batch from the probabilities alone, as published:
+    NLL = mean of -log p(true class), Lovász from its definition over the pooled pixels."""
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 3, 4, 3, 4, generator=generator) * 4     # (B, T, K, H, W)
+    logits[0, 1, 2, 0, 0] = -30                                       # p ~ 1e-14 (finite log)
+    labels = torch.randint(0, 3, (2, 3, 3, 4), generator=generator)
+    labels[0, 1, 0, 0] = 2
+    lovasz, nll = segmentation_loss_terms(logits, labels)
+
+    probs = numpy_softmax(logits.double().numpy(), axis=2)[:, 1:]     # frames 1 and 2
+    flat_probs = probs.transpose(2, 0, 1, 3, 4).reshape(4, -1)        # (K, pixels)
+    flat_labels = labels[:, 1:].numpy().reshape(-1)
+    expected_nll = -np.log(flat_probs[flat_labels, np.arange(flat_labels.size)]).mean()
+    expected_lovasz = brute_force_lovasz(flat_probs, flat_labels.tolist())
+    assert nll.item() == pytest.approx(expected_nll, abs=1e-5)
+    assert lovasz.item() == pytest.approx(expected_lovasz, abs=1e-5)
+    changed = logits.clone()
+    changed[:, 0] = 0.25                                              # frame 0 is not scored
+    assert torch.equal(torch.stack(segmentation_loss_terms(changed, labels)), torch.stack((lovasz, nll)))
+
+
+def test_gradient_is_finite_where_the_true_class_probability_underflows():
+    """exp(-200) is 0 in float32: the log-softmax keeps the loss and gives the pixel the full
+    gradient softmax - one-hot, where a clamp of the probability gives it none."""
+    logits = torch.tensor([[[0.0, 3.0], [-200.0, 1.0]]], requires_grad=True)   # (1, C=2, P=2)
+    labels = torch.tensor([[1, 0]])
+    assert torch.softmax(logits, 1)[0, 1, 0].item() == 0.0
+    nll = nll_loss(logits, labels)
+    lovasz = lovasz_softmax(torch.softmax(logits, 1), labels)
+    (nll + lovasz).backward()
+    p_other = 1 / (1 + math.exp(-2.0))                 # pixel 1: softmax of (3, 1), class 0
+    assert nll.item() == pytest.approx((200 - math.log(p_other)) / 2, rel=1e-6)
+    assert torch.isfinite(logits.grad).all()
+    # NLL: (softmax - one-hot) / 2 pixels; Lovász: none, the softmax is saturated there
+    assert logits.grad[0, 1, 0].item() == pytest.approx(-0.5, abs=1e-6)
+
+
+def test_losses_without_valid_pixels_are_zero_with_a_gradient():
+    logits = torch.randn(1, 2, 2, requires_grad=True)
     ignored = torch.full((1, 2), IGNORE)
-    for fn in (nll_loss, lovasz_softmax):
-        value = fn(probs, ignored)
+    for value in (nll_loss(logits, ignored), lovasz_softmax(torch.softmax(logits, 1), ignored),
+                  lovasz_softmax(torch.softmax(logits, 1), ignored, per_image=True)):
         value.backward()
         assert value.item() == 0.0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
-def test_segmentation_loss_uses_the_given_frames():
-    probs = torch.softmax(torch.randn(2, 3, 4, 6, 6, generator=torch.Generator().manual_seed(5)), 2)
-    labels = torch.randint(0, 4, (2, 3, 6, 6), generator=torch.Generator().manual_seed(6))
-    labels[:, 1, :1] = IGNORE
-    loss = segmentation_loss(probs, labels)
-    flat_probs, flat_labels = probs[:, 1:].flatten(0, 1), labels[:, 1:].flatten(0, 1)
-    expected = lovasz_softmax(flat_probs, flat_labels) + F.nll_loss(
-        flat_probs.log(), flat_labels, ignore_index=IGNORE)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    changed = probs.clone()
-    changed[:, 0] = 0.25                                # frame 0 (the given mask) is not scored
-    assert segmentation_loss(changed, labels).item() == pytest.approx(loss.item())
-    assert segmentation_loss(probs, labels, frames=(2,)).item() != pytest.approx(loss.item())
+def test_ignored_pixels_give_the_gradient_of_the_valid_pixels_alone():
+    logits = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(8))
+    labels = torch.randint(0, 3, (2, 5, 5), generator=torch.Generator().manual_seed(9))
+    labels[0, :2] = IGNORE
+    valid = labels != IGNORE
+    whole = logits.clone().requires_grad_(True)
+    (lovasz_softmax(torch.softmax(whole, 1), labels) + nll_loss(whole, labels)).backward()
+    alone = logits.permute(1, 0, 2, 3)[:, valid][None].clone().requires_grad_(True)   # (1, C, P)
+    (lovasz_softmax(torch.softmax(alone, 1), labels[valid][None])
+     + nll_loss(alone, labels[valid][None])).backward()
+    assert torch.allclose(whole.grad.permute(1, 0, 2, 3)[:, valid], alone.grad[0], atol=1e-7)
+    assert torch.equal(whole.grad.permute(1, 0, 2, 3)[:, ~valid], torch.zeros(3, int((~valid).sum())))
 
 
 def test_flow_loss_is_the_mean_absolute_difference():
@@ -148,3 +191,23 @@ def test_lovasz_of_an_all_wrong_prediction_is_one():
         labels = torch.tensor([labels])
         probs = F.one_hot(1 - labels, 2).permute(0, 2, 1).float()
         assert lovasz_softmax(probs, labels).item() == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_mask_losses_and_their_gradient_do_not_synchronise_on_the_gpu():
+    generator = torch.Generator().manual_seed(10)
+    logits = (torch.randn(2, 3, 4, 64, 64, generator=generator) * 4).cuda().requires_grad_(True)
+    labels = torch.randint(0, 4, (2, 3, 64, 64), generator=generator)
+    labels[:, :, :5] = IGNORE
+    labels = labels.cuda()
+    reference = segmentation_loss_terms(logits.detach().cpu(), labels.cpu())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        lovasz, nll = segmentation_loss_terms(logits, labels)
+        (lovasz + nll).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert torch.isfinite(logits.grad).all()
+    assert lovasz.item() == pytest.approx(reference[0].item(), abs=1e-5)
+    assert nll.item() == pytest.approx(reference[1].item(), abs=1e-5)

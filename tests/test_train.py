@@ -1,5 +1,6 @@
 """Training: the loss falls on one clip, resume continues exactly, DDP keeps ranks in step."""
 import copy
+import math
 import os
 import socket
 
@@ -51,9 +52,10 @@ def test_overfitting_one_clip_halves_the_loss(data_root, tmp_path):
     torch.manual_seed(0)
     cfg = still_clip_cfg(training_cfg(data_root, N_EPOCHS=100))
     trainer = Trainer(cfg, str(tmp_path))
-    batch = next(iter(trainer._loader(1)))
+    trainer.sampler.set_epoch(1, 1)
+    batch = next(iter(trainer.loader))
     trainer.set_train_mode()
-    losses = [trainer.train_step(batch)[0] for _ in range(30)]
+    losses = [float(trainer.train_step(batch)[0][0]) for _ in range(30)]
     assert min(losses[-5:]) < 0.5 * losses[0], losses
 
 
@@ -154,3 +156,102 @@ def test_calibration_makes_random_weights_trainable():
         logits = net.decoder(torch.randn(2, 1024, 4, 4), torch.randn(2, 512, 8, 8), torch.randn(2, 256, 16, 16))
         assert torch.equal(logits, torch.zeros_like(logits))
     assert all(bn.momentum == 0.1 for bn in net.modules() if isinstance(bn, torch.nn.BatchNorm2d))
+
+
+def test_persistent_workers_draw_what_a_fresh_loader_draws(data_root):
+    """Workers that live across epochs still see each epoch's seed and frame step."""
+    from core.distributed import Distributed
+    from core.train import EpochSampler, training_loader
+    from datasets.video_clips import build_training_set
+
+    def epochs(n_workers):
+        cfg = training_cfg(data_root)
+        cfg.CONST.N_WORKERS = n_workers
+        dataset = build_training_set(cfg)
+        sampler = EpochSampler(len(dataset), cfg.CONST.RNG_SEED, Distributed(0, 1, torch.device('cpu')))
+        loader = training_loader(cfg, dataset, sampler, 1, torch.device('cpu'))
+        assert loader.persistent_workers == (n_workers > 0)
+        drawn = []
+        for epoch, step in ((1, 1), (2, 3), (3, 2)):
+            sampler.set_epoch(epoch, step)
+            drawn.append([(b['name'], b['frames'], b['labels']) for b in loader])
+        return drawn
+
+    persistent, fresh = epochs(1), epochs(0)
+    assert [[n for n, _, _ in e] for e in persistent] == [[n for n, _, _ in e] for e in fresh]
+    for epoch_p, epoch_f in zip(persistent, fresh):
+        for (_, frames_p, labels_p), (_, frames_f, labels_f) in zip(epoch_p, epoch_f):
+            assert torch.equal(frames_p, frames_f) and torch.equal(labels_p, labels_f)
+    assert not torch.equal(persistent[0][0][1], persistent[1][0][1])   # epochs differ
+
+
+def test_losses_are_read_in_order_and_a_non_finite_one_names_its_step():
+    from core.train import LossLog
+    log = LossLog(('loss', 'lovasz', 'nll'))
+    log.add(7, ['a/x'], torch.tensor([1.5, 0.5, 1.0]))
+    log.add(8, ['a/y'], torch.tensor([2.0, 1.0, 1.0]))
+    assert log.read(1) == [(7, {'loss': 1.5, 'lovasz': 0.5, 'nll': 1.0}),
+                           (8, {'loss': 2.0, 'lovasz': 1.0, 'nll': 1.0})]
+    assert len(log) == 0 and log.read(1) == []
+    log.add(9, ['b/z'], torch.tensor([1.0, 0.5, 0.5]))
+    log.add(10, ['c/w'], torch.tensor([math.inf, 0.5, math.inf]))
+    with pytest.raises(TrainingError, match=r"epoch 2, step 10 \(clips \['c/w'\]\)"):
+        log.read(2)
+
+
+def test_loss_logits_give_back_the_probabilities():
+    """Aggregation logits lie within +-16.1181 (its clamp): the log of their softmax is finite
+    and is their log-softmax."""
+    from core.train import logits_of
+    logits = (torch.rand(2, 3, 4, 5, 5, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 16.1181
+    logits[0, 1, :, 0, 0] = torch.tensor([16.1181, -16.1181, -16.1181, -16.1181])
+    recovered = logits_of(torch.softmax(logits, dim=2))
+    assert torch.isfinite(recovered).all()
+    assert torch.allclose(recovered, torch.log_softmax(logits, dim=2), atol=1e-5)
+
+
+def test_channels_last_training_step_gives_the_same_losses():
+    from core.train import TrainingStep, freeze_batch_norm, use_channels_last
+    from tools.benchmark_train import synthetic_batch
+    batch = synthetic_batch(1, 32, torch.device('cpu'))
+    results = []
+    for channels_last in (False, True):
+        cfg = copy.deepcopy(global_cfg)
+        cfg.TRAIN.CHANNELS_LAST = channels_last
+        torch.manual_seed(0)
+        net = RMNet(cfg).train()
+        freeze_batch_norm(net)
+        use_channels_last(cfg, net)
+        assert net.encoder_query.conv1.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-5)
+        step = TrainingStep(cfg, net, optimizer, torch.amp.GradScaler('cuda', enabled=False),
+                            torch.device('cpu'), 'RMNet', 'fp32')
+        results.append(torch.stack([step(batch)[0] for _ in range(2)]))
+    assert torch.isfinite(results[0]).all()
+    assert torch.allclose(results[0], results[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('precision, channels_last, tolerance', [('fp32', False, 1e-3), ('fp32', True, 1e-3),
+                                                                 ('bf16', True, 5e-2)])
+def test_gpu_training_step_gives_the_cpu_losses(precision, channels_last, tolerance):
+    """Fused Adam, cuDNN, channels-last and bf16 change the arithmetic only: two steps on the
+    GPU give the losses of the same two steps on the CPU."""
+    from core.train import TrainingStep, freeze_batch_norm, use_channels_last
+    from tools.benchmark_train import synthetic_batch
+    losses = []
+    for device in (torch.device('cpu'), torch.device('cuda')):
+        cfg = copy.deepcopy(global_cfg)
+        cfg.TRAIN.CHANNELS_LAST = channels_last and device.type == 'cuda'
+        torch.manual_seed(0)
+        net = RMNet(cfg).to(device).train()
+        freeze_batch_norm(net)
+        use_channels_last(cfg, net)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-5, fused=device.type == 'cuda')
+        step = TrainingStep(cfg, net, optimizer, torch.amp.GradScaler('cuda', enabled=False), device, 'RMNet',
+                            precision if device.type == 'cuda' else 'fp32')
+        batch = synthetic_batch(2, 96, device)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            losses.append(torch.stack([step(batch)[0] for _ in range(2)]).cpu())
+    assert torch.isfinite(losses[1]).all()
+    assert torch.allclose(losses[1], losses[0], rtol=tolerance, atol=tolerance)

@@ -1,0 +1,337 @@
+"""Speed and memory of the RMNet training step on synthetic batches.
+
+    python tools/benchmark_train.py                               fp32 and bf16, 4x465 and 8x232
+    python tools/benchmark_train.py --profile --profile-ops 30    + where the time goes
+    python tools/benchmark_train.py --quick                       tiny sizes (runs on the CPU)
+
+The step is the one `python runner.py` trains with (core.train.TrainingStep): clips of
+3 frames with 2 objects, TRAIN.N_MAX_OBJECTS 3, every frame memorised, frozen BatchNorm,
+Adam. Batches wait in pinned host memory as the data loader leaves them. For each
+precision and batch x crop it reports the median step time over --steps steps after
+--warmup steps as samples per second, and the peak GPU memory of those steps; JSON
+(--out) and a printed table. --profile adds a per-stage breakdown timed with CUDA events
+(each frame's memorise, query region, encoder, memory read, decoder, aggregation; losses,
+backward, optimiser step), --profile-ops N the top N operators of torch.profiler by
+device time, --sync-report the host synchronisations of one step (CUDA only).
+"""
+import argparse
+import copy
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections import Counter, defaultdict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from config import cfg as default_cfg  # noqa: E402
+from core.train import TrainingStep, build_networks, freeze_batch_norm, use_channels_last  # noqa: E402
+
+N_FRAMES, N_OBJECTS, MAX_OBJECTS = 3, 2, 3
+PRECISIONS = ('fp32', 'bf16')
+FRAME_STAGES = ('memorize', 'query_region', 'encode_query', 'decode', 'aggregate')
+STEP_STAGES = ('forward', 'losses', 'backward', 'optimizer')
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """'4x465' -> (batch 4, crop 465)."""
+    try:
+        batch, crop = (int(part) for part in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected BATCHxCROP such as 4x465, got {text!r}')
+    if batch < 1 or crop < 16:
+        raise argparse.ArgumentTypeError(f'{text}: the batch must be >= 1 and the crop >= 16')
+    return batch, crop
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+    return int(text)
+
+
+def non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
+    return int(text)
+
+
+def synthetic_batch(batch: int, crop: int, device: torch.device, seed: int = 0) -> Dict[str, Any]:
+    """A loader-format batch: textured frames, N_OBJECTS moving ellipses one-hot in
+    MAX_OBJECTS + 1 channels, their labels and a small flow; pinned when the device is CUDA."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:crop, :crop].astype(np.float32)
+    frames = rng.normal(size=(batch, N_FRAMES, 3, crop, crop)).astype(np.float32)
+    labels = np.zeros((batch, N_FRAMES, crop, crop), dtype=np.int64)
+    for b in range(batch):
+        centres = rng.uniform(0.3, 0.7, (N_OBJECTS, 2)) * crop
+        speeds = rng.normal(size=(N_OBJECTS, 2)) * crop / 50
+        radii = rng.uniform(0.08, 0.2, (N_OBJECTS, 2)) * crop
+        for t in range(N_FRAMES):
+            for k in range(N_OBJECTS):
+                cx, cy = centres[k] + speeds[k] * t
+                inside = ((xx - cx) / radii[k, 0]) ** 2 + ((yy - cy) / radii[k, 1]) ** 2 <= 1
+                labels[b, t][inside] = k + 1
+    masks = np.eye(MAX_OBJECTS + 1, dtype=np.float32)[labels].transpose(0, 1, 4, 2, 3)
+    flows = np.full((batch, N_FRAMES, 2, crop, crop), 0.5, dtype=np.float32)
+    flows[:, 0] = 0
+    tensors = {'frames': frames, 'masks': masks, 'labels': labels, 'flows': flows}
+    out: Dict[str, Any] = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in tensors.items()}
+    out['n_objects'] = torch.full((batch,), N_OBJECTS, dtype=torch.long)
+    if device.type == 'cuda':
+        out = {key: value.pin_memory() for key, value in out.items()}
+    out['name'] = [f'synthetic/{b}' for b in range(batch)]
+    return out
+
+
+class StageTimer:
+    """Time stamps at named points of a step: CUDA events on a GPU, the wall clock on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == 'cuda'
+        self.marks: List[Tuple[str, Any]] = []
+        self.enabled = False
+
+    def mark(self, name: str) -> None:
+        if not self.enabled:
+            return
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((name, event))
+        else:
+            self.marks.append((name, time.perf_counter()))
+
+    def wrap(self, owner: torch.nn.Module, method: str) -> None:
+        """Mark the start and end of every call of owner.<method> (an instance attribute that
+        shadows the class's method)."""
+        original = getattr(owner, method)
+
+        def timed(*args, **kwargs):
+            self.mark(f'{method}:start')
+            result = original(*args, **kwargs)
+            self.mark(f'{method}:end')
+            return result
+
+        setattr(owner, method, timed)
+
+    def durations(self) -> Dict[str, float]:
+        """Milliseconds of the step stages, of each frame's stages and the memory read; then
+        the marks are cleared."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        names = [name for name, _ in self.marks]
+        stamps = [stamp for _, stamp in self.marks]
+
+        def elapsed(i: int, j: int) -> float:
+            if self.cuda:
+                return stamps[i].elapsed_time(stamps[j])
+            return (stamps[j] - stamps[i]) * 1000
+
+        result: Dict[str, float] = {}
+        for stage, following in zip(STEP_STAGES, STEP_STAGES[1:] + ('end',)):
+            result[stage] = elapsed(names.index(stage), names.index(following))
+        occurrences: Dict[str, List[int]] = defaultdict(list)
+        for i, name in enumerate(names):
+            occurrences[name].append(i)
+        for frame, start in enumerate(occurrences['memorize:start'], start=1):
+            position = frame - 1
+            prefix = f'frame {frame}'
+            result[prefix] = elapsed(start, occurrences['aggregate:end'][position])
+            for stage in FRAME_STAGES:
+                result[f'{prefix} {stage}'] = elapsed(occurrences[f'{stage}:start'][position],
+                                                      occurrences[f'{stage}:end'][position])
+            result[f'{prefix} memory read'] = elapsed(occurrences['encode_query:end'][position],
+                                                      occurrences['decode:start'][position])
+        self.marks = []
+        return result
+
+
+def benchmark_cfg(precision: str, channels_last: bool):
+    cfg = copy.deepcopy(default_cfg)
+    cfg.TRAIN.N_MAX_OBJECTS = MAX_OBJECTS
+    cfg.TRAIN.N_MAX_FRAMES = N_FRAMES
+    cfg.TRAIN.MEMORIZE_EVERY = 1
+    cfg.TRAIN.PRECISION = precision
+    cfg.TRAIN.CHANNELS_LAST = channels_last
+    cfg.TRAIN.PRETRAINED_BACKBONE = False
+    return cfg
+
+
+def build_step(cfg, weights: Optional[str], device: torch.device,
+               timer: StageTimer) -> Tuple[TrainingStep, torch.nn.Module]:
+    """The training step of `python runner.py` on a fresh RMNet (frozen BatchNorm, Adam)."""
+    _, rmnet = build_networks(cfg, weights)
+    rmnet.to(device).train()
+    freeze_batch_norm(rmnet)
+    use_channels_last(cfg, rmnet)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = cfg.TRAIN.CUDNN_BENCHMARK
+    optimizer = torch.optim.Adam(rmnet.parameters(), lr=cfg.TRAIN.LEARNING_RATE, betas=tuple(cfg.TRAIN.BETAS),
+                                 weight_decay=cfg.TRAIN.WEIGHT_DECAY, fused=device.type == 'cuda')
+    scaler = torch.amp.GradScaler('cuda', enabled=False)
+    for method in FRAME_STAGES:
+        timer.wrap(rmnet, method)
+    step = TrainingStep(cfg, rmnet, optimizer, scaler, device, 'RMNet', cfg.TRAIN.PRECISION, mark=timer.mark)
+    return step, rmnet
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def run_one(cfg, weights: Optional[str], device: torch.device, batch_size: int, crop: int,
+            steps: int, warmup: int, profile: bool, profile_ops: int, sync_report: bool) -> Dict[str, Any]:
+    timer = StageTimer(device)
+    step, rmnet = build_step(cfg, weights, device, timer)
+    batch = synthetic_batch(batch_size, crop, device)
+    for _ in range(warmup):
+        step(batch)
+    synchronize(device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        terms, _ = step(batch)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    if not torch.isfinite(terms).all():
+        raise RuntimeError(f'non-finite loss terms {terms.tolist()} on the synthetic batch')
+    median = statistics.median(times)
+    result: Dict[str, Any] = {
+        'precision': cfg.TRAIN.PRECISION, 'batch': batch_size, 'crop': crop,
+        'channels_last': bool(cfg.TRAIN.CHANNELS_LAST), 'steps': steps, 'step_ms': median * 1000,
+        'samples_per_s': batch_size / median,
+        'peak_gib': torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else None}
+    if profile:
+        timer.enabled = True
+        per_step = []
+        for _ in range(steps):
+            step(batch)
+            per_step.append(timer.durations())
+        timer.enabled = False
+        result['stages_ms'] = {name: statistics.median(d[name] for d in per_step) for name in per_step[0]}
+    if profile_ops:
+        result['top_ops'] = top_operators(step, batch, device, profile_ops)
+    if sync_report and device.type == 'cuda':
+        result['synchronisations'] = synchronisations(step, batch)
+    del step, rmnet, batch
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+    return result
+
+
+def top_operators(step: Callable, batch: Dict[str, Any], device: torch.device, rows: int) -> str:
+    """torch.profiler's table of one step's operators, by device time (CPU time on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        step(batch)
+        synchronize(device)
+    key = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def synchronisations(step: Callable, batch: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Where one step makes the host wait for the GPU (torch.cuda.set_sync_debug_mode)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    counts = Counter((f'{w.filename}:{w.lineno}', str(w.message).splitlines()[0]) for w in caught
+                     if 'synchroniz' in str(w.message))
+    return [{'where': where, 'what': what, 'count': n} for (where, what), n in counts.most_common()]
+
+
+def print_table(runs: Sequence[Dict[str, Any]], precisions: Sequence[str]) -> None:
+    sizes = list(dict.fromkeys((r['batch'], r['crop']) for r in runs))
+    print(f"{'batch x crop':>12} " + ' '.join(f'{p + " samples/s":>16} {"GiB":>6}' for p in precisions))
+    for batch, crop in sizes:
+        row = f'{f"{batch} x {crop}":>12} '
+        for precision in precisions:
+            run = next(r for r in runs if (r['batch'], r['crop'], r['precision']) == (batch, crop, precision))
+            memory = '-' if run['peak_gib'] is None else f"{run['peak_gib']:.2f}"
+            row += f"{run['samples_per_s']:>16.2f} {memory:>6} "
+        print(row)
+
+
+def print_profile(run: Dict[str, Any]) -> None:
+    print(f"\n{run['precision']}, batch {run['batch']} x crop {run['crop']}: median ms per stage")
+    for name, ms in run.get('stages_ms', {}).items():
+        indent = '    ' if name.startswith('frame ') and name.count(' ') > 1 else '  '
+        print(f'{indent}{name:<28} {ms:9.2f}')
+    if 'top_ops' in run:
+        print(run['top_ops'])
+    for sync in run.get('synchronisations', []):
+        print(f"  sync x{sync['count']}: {sync['where']}  {sync['what']}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--sizes', type=parse_size, nargs='+', default=None,
+                        help='BATCHxCROP (default 4x465 8x232; --quick: 2x64)')
+    parser.add_argument('--precisions', nargs='+', default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument('--steps', type=positive_int, default=None, help='timed steps (default 10; --quick: 2)')
+    parser.add_argument('--warmup', type=non_negative_int, default=None, help='untimed steps first (default 3; --quick: 1)')
+    parser.add_argument('--channels-last', action='store_true', help='TRAIN.CHANNELS_LAST on')
+    parser.add_argument('--weights', default=None, help='checkpoint to start from (default: random weights)')
+    parser.add_argument('--profile', action='store_true', help='per-stage times (CUDA events)')
+    parser.add_argument('--profile-ops', type=non_negative_int, default=0, metavar='N',
+                        help='print the top N operators of torch.profiler')
+    parser.add_argument('--sync-report', action='store_true', help='list the host synchronisations of a step (CUDA)')
+    parser.add_argument('--quick', action='store_true', help='tiny sizes and few steps (a check on the CPU)')
+    parser.add_argument('--out', default='benchmark_train.json')
+    args = parser.parse_args(argv)
+    sizes = args.sizes or ([(2, 64)] if args.quick else [(4, 465), (8, 232)])
+    steps = args.steps or (2 if args.quick else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    if torch.cuda.is_available():
+        device = torch.device('cuda')
+    elif args.quick:
+        device = torch.device('cpu')
+    else:
+        print('error: the training benchmark needs a CUDA GPU (--quick runs tiny sizes on the CPU)',
+              file=sys.stderr)
+        return 2
+    if os.path.exists(args.out):
+        print(f'error: {args.out} exists; choose another --out (earlier results are kept)', file=sys.stderr)
+        return 2
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
+    results: Dict[str, Any] = {'device': name, 'torch': torch.__version__, 'channels_last': args.channels_last,
+                               'frames': N_FRAMES, 'objects': N_OBJECTS, 'max_objects': MAX_OBJECTS,
+                               'weights': args.weights or 'random', 'runs': []}
+    print(f'{name}, torch {torch.__version__}, {N_FRAMES} frames, {N_OBJECTS} objects '
+          f'(N_MAX_OBJECTS {MAX_OBJECTS}), median of {steps} steps after {warmup}'
+          + (', channels-last' if args.channels_last else ''), flush=True)
+    for precision in args.precisions:
+        cfg = benchmark_cfg(precision, args.channels_last)
+        for batch, crop in sizes:
+            results['runs'].append(run_one(cfg, args.weights, device, batch, crop, steps, warmup,
+                                           args.profile, args.profile_ops, args.sync_report))
+    print_table(results['runs'], args.precisions)
+    if args.profile or args.profile_ops or args.sync_report:
+        for run in results['runs']:
+            print_profile(run)
+    partial = f'{args.out}.partial'
+    with open(partial, 'w') as f:
+        json.dump(results, f, indent=1)
+    os.replace(partial, args.out)
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
