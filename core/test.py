@@ -20,6 +20,7 @@ from core.streaming import SegmenterSource, experiment_dir, prepare_output_dir
 from datasets.video import Video
 from utils.evaluate import format_table, summarise, write_csvs
 from utils.io import write_image, write_palette_mask
+from utils.output_safety import check_output_folder
 from utils.visualization import overlay
 from utils.weights import resolve_weights
 
@@ -34,7 +35,7 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     shard = setup_distributed()
     all_videos = benchmark_videos(cfg, dataset, split)
     videos = all_videos[shard.rank::shard.world_size]
-    out_dir = prepare_output_dir(broadcast_object(shard, out_dir or experiment_dir(cfg)))
+    out_dir = prepare_output_dir(check_output_folder(cfg, broadcast_object(shard, out_dir or experiment_dir(cfg))))
     segmenters = SegmenterSource(resolve_weights(weights), cfg, short_side)
     with_truth = sum(bool(video.ground_truth) for video in all_videos)
     if not with_truth:
