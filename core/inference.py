@@ -167,6 +167,15 @@ def _write_overlay_frame(writer: VideoWriter, frame: np.ndarray) -> None:
                          f'was removed') from e
 
 
+def _finish_overlay(writer: VideoWriter, masks_dir: str, n_frames: int) -> None:
+    """Close the overlay; a failure says that the masks are kept."""
+    try:
+        writer.close()
+    except (DataError, OSError) as e:
+        writer.discard()
+        raise WriteError(f'{e}; the masks of frames 0..{n_frames - 1} are kept in {masks_dir}') from e
+
+
 def _write_user_outputs(segmenter: VideoSegmenter, source: FrameSource, given: GivenMasks, out_dir: str,
                         binary: bool) -> Dict[str, Any]:
     masks_dir = os.path.join(out_dir, 'masks')
@@ -192,7 +201,7 @@ def _write_user_outputs(segmenter: VideoSegmenter, source: FrameSource, given: G
         raise DataError(f'{e}; {kept}') from e
     finally:
         if n_frames:
-            writer.close()
+            _finish_overlay(writer, masks_dir, n_frames)
         else:
             writer.discard()
     unreached = [frame for frame in given.masks if frame >= n_frames]

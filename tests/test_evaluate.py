@@ -141,7 +141,8 @@ def test_command_line(folders):
     assert read_text(os.path.join(results, 'global_results-val.csv')) == EXPECTED_GLOBAL
     os.remove(os.path.join(results, 'bear', '00003.png'))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and '00003.png: mask not found' in done.stderr
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith('error: ') and '00003.png: mask not found' in done.stderr
 
 
 def test_davis2016_lists_and_binary_scoring(tmp_path):
