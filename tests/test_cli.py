@@ -61,3 +61,18 @@ def test_sigterm_removes_the_file_being_written(tmp_path):
     assert done.returncode == 128 + signal.SIGTERM
     assert done.stderr.startswith('error: terminated') and 'Traceback' not in done.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_workers_ignore_ctrl_c_and_leave_it_to_their_parent():
+    script = textwrap.dedent(f'''
+        import os, signal, sys, time
+        sys.path.insert(0, {ROOT!r})
+        from utils.cli import ignore_interrupts
+        ignore_interrupts()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        print('still running')
+    ''')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == 'still running\n' and done.stderr == ''
