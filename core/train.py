@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from core.distributed import Distributed, setup_distributed
+from core.distributed import Distributed, broadcast_object, setup_distributed
 from core.segmenter import VideoSegmenter
 from datasets.registry import SPLITS, list_videos
 from datasets.video import Video
@@ -488,7 +488,16 @@ def train_net(cfg, weights: Optional[str] = None, resume: Optional[str] = None,
     from core.streaming import experiment_dir
     weights = weights or cfg.CONST.WEIGHTS or None
     resume = resume or cfg.TRAIN.RESUME or None
-    out_dir = out_dir or experiment_dir(cfg)
-    check_run_folder(cfg, out_dir, resume)
-    trainer = Trainer(cfg, out_dir, weights=weights, resume=resume)
+    dist_info = setup_distributed()
+    out_dir = broadcast_object(dist_info, out_dir or experiment_dir(cfg))
+    problem = None
+    if dist_info.is_main:                  # before any rank writes (rank 0 opens the logs)
+        try:
+            check_run_folder(cfg, out_dir, resume)
+        except UserError as e:
+            problem = str(e)
+    problem = broadcast_object(dist_info, problem)
+    if problem is not None:
+        raise TrainingError(problem)
+    trainer = Trainer(cfg, out_dir, weights=weights, resume=resume, dist_info=dist_info)
     return trainer.run()
