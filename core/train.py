@@ -336,9 +336,11 @@ class Trainer:
     def checkpoint_path(self, name: str) -> str:
         return os.path.join(self.out_dir, 'checkpoints', name)
 
-    def _resume_state(self) -> Dict[str, Any]:
-        weights = published_checkpoint(self.tflownet, self.rmnet, epoch_index=self.epoch,
-                                       best_metrics=self.best_metrics, network=self.network_name)
+    def _weights(self) -> Dict[str, Any]:
+        return published_checkpoint(self.tflownet, self.rmnet, epoch_index=self.epoch,
+                                    best_metrics=self.best_metrics, network=self.network_name)
+
+    def _resume_state(self, weights: Dict[str, Any]) -> Dict[str, Any]:
         return dict(weights, optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                     global_step=self.global_step, hold_epochs=self.hold_epochs,
@@ -347,7 +349,7 @@ class Trainer:
     def save_last(self) -> None:
         """ckpt-last.pth of the epoch just trained (before validation, so that a failing
         validation never costs the trained epoch)."""
-        self._save(self.checkpoint_path('ckpt-last.pth'), self._resume_state())
+        self._save(self.checkpoint_path('ckpt-last.pth'), self._resume_state(self._weights()))
 
     def save(self, metrics: Optional[Dict[str, float]], loss: float) -> None:
         """ckpt-last.pth with the validation's outcome, ckpt-best.pth when the main metric (the
@@ -361,9 +363,8 @@ class Trainer:
             if metrics is not None:
                 self.best_metrics = metrics
             self.best_loss = min(self.best_loss, loss)
-        resume_state = self._resume_state()
-        weights = {key: resume_state[key] for key in ('epoch_index', 'best_metrics', 'tflownet', 'rmnet', 'network')}
-        self._save(self.checkpoint_path('ckpt-last.pth'), resume_state)
+        weights = self._weights()
+        self._save(self.checkpoint_path('ckpt-last.pth'), self._resume_state(weights))
         if improved or not os.path.isfile(best_path):
             self._save(best_path, weights)
         if self.cfg.TRAIN.SAVE_FREQ and self.epoch % self.cfg.TRAIN.SAVE_FREQ == 0:
@@ -471,9 +472,10 @@ def check_run_folder(cfg, out_dir: str, resume: Optional[str]) -> None:
     same_run = resume is not None and os.path.realpath(os.path.dirname(os.path.abspath(resume))) == \
         os.path.realpath(folder)
     if existing and not same_run:
+        last = os.path.join(folder, 'ckpt-last.pth')
         raise TrainingError(f'{out_dir} already holds the run {", ".join(existing)}; its checkpoints '
-                            f'are never replaced: continue it with --resume {os.path.join(folder, "ckpt-last.pth")}, '
-                            f'or start a new run with another --exp NAME')
+                            f'are never replaced: continue it with --resume {last}, or start a new run '
+                            f'with another --exp NAME')
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:

@@ -64,9 +64,9 @@ def run_command(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[S
     try:
         main(argv)
     except Interrupted:
-        return fail('terminated (SIGTERM); files being written were removed', TERMINATED)
+        return fail('terminated (SIGTERM); no partly written file was left behind', TERMINATED)
     except KeyboardInterrupt:
-        return fail('interrupted; files being written were removed', INTERRUPTED)
+        return fail('interrupted; no partly written file was left behind', INTERRUPTED)
     except UserError as e:
         return fail(str(e))
     except OSError as e:
