@@ -31,7 +31,7 @@ def test_16_bit_greyscale_frames_are_scaled_to_8_bits(tmp_path):
     assert 0 < frame.mean() < 255
 
 
-def test_a_fifo_is_not_read(tmp_path):
+def test_a_fifo_is_not_read(tmp_path, no_hang):
     os.mkfifo(tmp_path / 'pipe.png')
     with pytest.raises(DataError, match='pipe.png: frame is not a regular file'):
         read_frame(str(tmp_path / 'pipe.png'))

@@ -199,7 +199,7 @@ def test_a_file_named_with_a_colon_is_still_a_file(tmp_path, monkeypatch):
     assert parse_mask_spec('abc:a.png') == (0, 'abc:a.png')
 
 
-def test_a_fifo_mask_is_refused(tmp_path):
+def test_a_fifo_mask_is_refused(tmp_path, no_hang):
     os.mkfifo(tmp_path / 'pipe.png')
     with pytest.raises(MaskError, match='pipe.png: mask file is not a regular file'):
         read_first_mask(str(tmp_path / 'pipe.png'))
