@@ -8,7 +8,8 @@
     python runner.py --benchmark --frames 30 100         speed benchmark (options of tools/benchmark.py)
 
 Expected failures (unreadable data, bad masks, weights that do not fit, bad options, out of GPU
-memory) print one `error: ...` message and exit with status 2.
+memory) print one `error: ...` message and exit with status 2 (utils/cli.py); Ctrl-C and SIGTERM
+exit with 130 and 143 after removing the files being written.
 """
 import argparse
 import logging
@@ -19,20 +20,25 @@ from typing import Optional, Sequence
 
 from config import cfg
 from datasets.registry import SPLITS
+from utils.cli import UserError, run_command
 from utils.mask_input import parse_mask_spec
 
 LOG_FORMAT = '%(asctime)s %(levelname)-7s %(name)s: %(message)s'
-OWN_VIDEO_OPTIONS = ('mask', 'binary', 'resize_mask')
+OWN_VIDEO_OPTIONS = ('mask', 'binary', 'resize_mask', 'overwrite')
+MIN_SHORT_SIDE = 32     # the networks' feature maps are 1/16 of the input: at least 2 pixels
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A request this build or these options cannot serve; the message says what to do."""
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text}')
+def short_side(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a whole number of pixels, got {text!r}') from None
+    if value < MIN_SHORT_SIDE:
+        raise argparse.ArgumentTypeError(f'the short side must be at least {MIN_SHORT_SIDE} pixels, got {text}')
     return value
 
 
@@ -60,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         '(default: cfg.DIR.OUT_PATH/<experiment>)')
     parser.add_argument('--precision', choices=('fp32', 'bf16'), help='inference precision (default: '
                         'cfg.TEST.PRECISION; bf16 is faster and needs less GPU memory)')
-    parser.add_argument('--size', type=positive_int, metavar='S',
+    parser.add_argument('--size', type=short_side, metavar='S',
                         help='resize frames to this short side for the network (masks keep the input size)')
     parser.add_argument('--visualize', action='store_true',
                         help='also write overlays of the masks on the frames (cfg.TEST.VISUALIZE)')
@@ -74,12 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
                           'as FRAME:FILE for objects that appear later')
     own.add_argument('--binary', action='store_true', help='also write 0/255 masks per object')
     own.add_argument('--resize-mask', action='store_true', help='resize masks of another size to the frames')
+    own.add_argument('--overwrite', action='store_true', help='replace the masks/, binary/ and overlay.mp4 of '
+                     'an earlier run in --output (without it a non-empty output folder is refused)')
     return parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse and check the command line (argparse exits with status 2 on misuse)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for option, value in zip(argv, argv[1:]):
+        if option == '--mask' and value[:1] == '-' and value[1:2].isdigit():
+            parser.error(f'--mask {value}: frame numbers start at 0 (FRAME:FILE, e.g. --mask 40:late.png)')
     args = parser.parse_args(argv)
     if args.video is not None:
         if args.test or args.benchmark is not None:
@@ -105,7 +117,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def configure(args: argparse.Namespace) -> None:
     """Apply the config file, the overrides and the options to the global cfg; seed the generators."""
     from core.streaming import timestamp
-    from utils.configuration import apply_overrides, load_config_file, merge_config
+    from utils.configuration import apply_overrides, check_test_options, load_config_file, merge_config
 
     if args.cfg:
         merge_config(cfg, load_config_file(args.cfg))
@@ -117,6 +129,8 @@ def configure(args: argparse.Namespace) -> None:
         cfg.TEST.PRECISION = args.precision
     if args.visualize:
         cfg.TEST.VISUALIZE = True
+    if args.test or args.inference:
+        check_test_options(cfg)
     if not args.rand:
         import numpy as np
         import torch
@@ -138,7 +152,7 @@ def run(args: argparse.Namespace) -> None:
         from core.inference import segment_user_video
         segment_user_video(cfg, args.video, args.mask, weights=cfg.CONST.WEIGHTS or 'davis',
                            out_dir=args.output or experiment_dir(cfg), short_side=args.size,
-                           binary=args.binary, resize_mask=args.resize_mask)
+                           binary=args.binary, resize_mask=args.resize_mask, overwrite=args.overwrite)
     elif args.test or args.inference:
         weights = cfg.CONST.WEIGHTS
         if not weights:
@@ -152,15 +166,16 @@ def run(args: argparse.Namespace) -> None:
         job_net(cfg, weights, dataset=args.dataset, split=args.split,
                 out_dir=args.output or experiment_dir(cfg), short_side=args.size)
     else:
-        from core.train import TrainingError, train_net
-        try:
-            train_net(cfg, resume=args.resume)
-        except TrainingError as e:
-            raise UsageError(str(e)) from e
+        from core.train import train_net
+        train_net(cfg, resume=args.resume)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; return the exit status (0, or 2 after an expected failure)."""
+    """Run the command line; return the exit status (utils/cli.py: 0, 2 after an expected failure)."""
+    return run_command(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> None:
     args = parse_args(argv)
     if args.gpu is not None:
         os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu      # before torch initialises CUDA
@@ -169,32 +184,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from core.segmenter import SegmentationError
-    from utils.checkpoint import CheckpointError
-    from utils.configuration import ConfigError
-    from utils.io import DataError
-
     try:
         with logging_redirect_tqdm():
             configure(args)
             run(args)
     except torch.OutOfMemoryError as e:
-        return _fail(f'out of GPU memory ({str(e).splitlines()[0]}); try a smaller --size '
-                     f'(e.g. --size 360) or --precision bf16')
-    except (UsageError, ConfigError, DataError, CheckpointError, SegmentationError, OSError) as e:
-        return _fail(str(e))
+        raise UsageError(f'out of GPU memory ({str(e).splitlines()[0]}); try a smaller --size '
+                         f'(e.g. --size 360) or --precision bf16') from e
     except RuntimeError as e:
         if "can't allocate memory" not in str(e):
             raise
-        return _fail(f'out of memory ({str(e).splitlines()[0]}); try a smaller --size (e.g. --size 360)')
-    except KeyboardInterrupt:
-        return _fail('interrupted', status=130)
-    return 0
-
-
-def _fail(message: str, status: int = 2) -> int:
-    print(f'error: {message}', file=sys.stderr, flush=True)
-    return status
+        raise UsageError(f'out of memory ({str(e).splitlines()[0]}); try a smaller --size '
+                         f'(e.g. --size 360)') from e
 
 
 if __name__ == '__main__':

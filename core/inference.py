@@ -33,7 +33,9 @@ from core.sequences import benchmark_videos, output_frames, resolve_split, strea
 from core.streaming import (SegmenterSource, experiment_dir, new_segmenter, prepare_output_dir,
                             register_later_objects, segment_stream)
 from datasets.video import Video
-from utils.io import DataError, atomic_write, write_image, write_palette_mask
+from utils.io import DataError, WriteError, atomic_write, write_image, write_palette_mask
+from utils.output_safety import (check_output_folder, check_user_video_output, clear_user_video_outputs,
+                                 removed_if_left_empty)
 from utils.mask_input import GivenMasks, MaskError, parse_mask_spec, read_given_masks, to_user_ids
 from utils.video_io import FOLDER_FPS, FrameSource, PrefetchReader, VideoWriter, open_frames
 from utils.visualization import overlay
@@ -51,7 +53,7 @@ def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optio
     """Write the benchmark result files of a split (see the module docstring); return the zip's path."""
     dataset, split = resolve_split(cfg, dataset, split)
     videos = benchmark_videos(cfg, dataset, split)
-    out_dir = prepare_output_dir(out_dir or experiment_dir(cfg))
+    out_dir = prepare_output_dir(check_output_folder(cfg, out_dir or experiment_dir(cfg)))
     segmenters = SegmenterSource(resolve_weights(weights), cfg, short_side)
     results_dir = 'Annotations' if dataset.startswith('YOUTUBE_VOS') else ''
     logger.info('Segmenting %d videos of %s %s into %s', len(videos), dataset, split, out_dir)
@@ -97,21 +99,28 @@ def _write_zip(path: str, root: str, members: Sequence[str]) -> None:
 
 def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str = 'davis',
                        out_dir: Optional[str] = None, short_side: Optional[int] = None,
-                       binary: bool = False, resize_mask: bool = False) -> Dict[str, Any]:
+                       binary: bool = False, resize_mask: bool = False,
+                       overwrite: bool = False) -> Dict[str, Any]:
     """Segment a video file or frame folder from its mask files (FRAME:FILE strings or (frame,
     file) pairs; frame 0 first); write the outputs listed in the module docstring and return a
-    summary (frames, objects, fps and the output paths)."""
-    out_dir = prepare_output_dir(out_dir or experiment_dir(cfg))
+    summary (frames, objects, fps and the output paths). A non-empty `out_dir` is refused unless
+    `overwrite`, which replaces only an earlier run's outputs there."""
+    out_dir = check_output_folder(cfg, out_dir or experiment_dir(cfg))
     source = open_frames(video)
     specs = [parse_mask_spec(spec) if isinstance(spec, str) else spec for spec in masks]
+    check_user_video_output(out_dir, overwrite, [source.path] + [path for _, path in specs])
     given = read_given_masks(specs, size=source.size, resize=resize_mask,
                              max_objects=int(cfg.TEST.N_MAX_OBJECTS))
     _check_mask_frames(specs, given, source)
-    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
-    register_later_objects(segmenter, _later_objects(given, dict(specs)))
-    logger.info('%s: %s frames of %dx%d, %d object(s) (ids %s)', source.path, len(source),
-                source.size[1], source.size[0], given.n_objects, ', '.join(map(str, given.labels)))
-    summary = _write_user_outputs(segmenter, source, given, out_dir, binary)
+    with removed_if_left_empty(out_dir):
+        prepare_output_dir(out_dir)
+        segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
+        register_later_objects(segmenter, _later_objects(given, dict(specs)))
+        logger.info('%s: %s frames of %dx%d, %d object(s) (ids %s)', source.path, len(source),
+                    source.size[1], source.size[0], given.n_objects, ', '.join(map(str, given.labels)))
+        if overwrite:
+            clear_user_video_outputs(out_dir)
+        summary = _write_user_outputs(segmenter, source, given, out_dir, binary)
     where = f'masks in {summary["masks"]}, overlay {summary["overlay"]}'
     if binary:
         where += f', binary masks in {summary["binary"]}'
@@ -146,6 +155,27 @@ def _later_objects(given: GivenMasks, paths: Dict[int, str]) -> Dict[int, np.nda
     return later
 
 
+def _write_overlay_frame(writer: VideoWriter, frame: np.ndarray) -> None:
+    """Append a frame to the overlay; a write error drops the partial overlay and is raised as
+    a WriteError naming it."""
+    try:
+        writer.write(frame)
+    except OSError as e:
+        writer.discard()
+        writer.frames_written = 0
+        raise WriteError(f'{writer.path}: cannot be written ({e.strerror or e}); the partial overlay '
+                         f'was removed') from e
+
+
+def _finish_overlay(writer: VideoWriter, masks_dir: str, n_frames: int) -> None:
+    """Close the overlay; a failure says that the masks are kept."""
+    try:
+        writer.close()
+    except (DataError, OSError) as e:
+        writer.discard()
+        raise WriteError(f'{e}; the masks of frames 0..{n_frames - 1} are kept in {masks_dir}') from e
+
+
 def _write_user_outputs(segmenter: VideoSegmenter, source: FrameSource, given: GivenMasks, out_dir: str,
                         binary: bool) -> Dict[str, Any]:
     masks_dir = os.path.join(out_dir, 'masks')
@@ -158,19 +188,20 @@ def _write_user_outputs(segmenter: VideoSegmenter, source: FrameSource, given: G
             for t, (frame, ids) in enumerate(tqdm(stream, total=len(source), desc='Segmenting', unit='frame')):
                 user_ids = to_user_ids(ids, given.labels)
                 write_palette_mask(os.path.join(masks_dir, f'{t:05d}.png'), user_ids)
-                writer.write(overlay(frame, user_ids))
+                _write_overlay_frame(writer, overlay(frame, user_ids))
                 if binary:
                     for label in given.labels:
                         write_image(os.path.join(binary_dir, str(label), f'{t:05d}.png'),
                                     np.where(user_ids == label, 255, 0).astype(np.uint8))
                 n_frames = t + 1
     except DataError as e:
-        kept = (f'the masks of frames 0..{n_frames - 1} are kept in {masks_dir} and their overlay in '
-                f'{writer.path}' if n_frames else 'no mask was written')
+        overlay_kept = f' and their overlay in {writer.path}' if writer.frames_written else ''
+        kept = (f'the masks of frames 0..{n_frames - 1} are kept in {masks_dir}{overlay_kept}'
+                if n_frames else 'no mask was written')
         raise DataError(f'{e}; {kept}') from e
     finally:
         if n_frames:
-            writer.close()
+            _finish_overlay(writer, masks_dir, n_frames)
         else:
             writer.discard()
     unreached = [frame for frame in given.masks if frame >= n_frames]

@@ -8,6 +8,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from utils.cli import ignore_interrupts
 from utils.evaluate import ObjectRecord, evaluate_sequence
 from utils.io import DataError, read_mask
 
@@ -44,8 +45,8 @@ class Scorer:
     """Scores jobs inline (workers <= 1) or in spawned processes; records() keeps submission order."""
 
     def __init__(self, workers: int) -> None:
-        self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'))
-                      if workers > 1 else None)
+        self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
+                                          initializer=ignore_interrupts) if workers > 1 else None)
         self._results: List[Union[Future, List[ObjectRecord]]] = []
 
     def submit(self, job: ScoreJob) -> None:

@@ -32,13 +32,14 @@ from models.folding import fold_batch_norms
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import load_networks
+from utils.cli import UserError
 from utils.cuda_graph import GraphedStep
 
 logger = logging.getLogger(__name__)
 PRECISIONS = ('fp32', 'bf16')
 
 
-class SegmentationError(ValueError):
+class SegmentationError(UserError, ValueError):
     """Input that cannot be segmented (bad mask, too many objects, ...); the message says why."""
 
 

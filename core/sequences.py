@@ -4,6 +4,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from core.segmenter import SegmentationError
 from core.streaming import SegmenterSource, register_later_objects, segment_stream
 from datasets.registry import SPLITS, list_videos
 from datasets.video import Video
@@ -71,12 +72,17 @@ def input_masks(video: Video, void_id: int = 255) -> Tuple[np.ndarray, Dict[int,
 
 
 def stream_video(segmenters: SegmenterSource, video: Video) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """Yield (frame, ids) for every frame of a benchmark video, frames read ahead in a thread."""
+    """Yield (frame, ids) for every frame of a benchmark video, frames read ahead in a thread.
+    A mask that cannot be segmented is reported with the video's name and its mask files."""
     first_mask, later = input_masks(video, int(segmenters.cfg.CONST.IGNORE_IDX))
     segmenter = segmenters.new()
-    register_later_objects(segmenter, later)
-    with PrefetchReader(FrameFiles(video.frame_paths)) as frames:
-        yield from segment_stream(segmenter, frames, first_mask)
+    try:
+        register_later_objects(segmenter, later)
+        with PrefetchReader(FrameFiles(video.frame_paths)) as frames:
+            yield from segment_stream(segmenter, frames, first_mask)
+    except SegmentationError as e:
+        masks = ', '.join(video.given_masks[index] for index in sorted(video.given_masks))
+        raise SegmentationError(f'{video.name}: {e} (mask files: {masks})') from e
 
 
 def output_frames(video: Video) -> List[int]:

@@ -10,6 +10,7 @@ import numpy as np
 
 from core.segmenter import VideoSegmenter
 from utils.io import DataError
+from utils.output_safety import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +26,15 @@ def experiment_dir(cfg) -> str:
 
 
 def prepare_output_dir(path: str) -> str:
-    """Create `path` and check that files can be written into it, before any work starts."""
+    """Create `path` and check that files can be written into it, before any work starts;
+    remove the temporary files an interrupted run left there."""
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
         raise DataError(f'{path}: output folder cannot be written ({e.strerror or e})') from e
+    remove_stale_temporaries(path)
     return path
 
 

@@ -18,8 +18,9 @@ from core.scoring import ScoreJob, Scorer
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
 from core.streaming import SegmenterSource, experiment_dir, prepare_output_dir
 from datasets.video import Video
-from utils.evaluate import format_table, summarise, write_csvs
+from utils.evaluate import format_table, scored_records, summarise, write_csvs
 from utils.io import write_image, write_palette_mask
+from utils.output_safety import check_output_folder
 from utils.visualization import overlay
 from utils.weights import resolve_weights
 
@@ -34,7 +35,7 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     shard = setup_distributed()
     all_videos = benchmark_videos(cfg, dataset, split)
     videos = all_videos[shard.rank::shard.world_size]
-    out_dir = prepare_output_dir(broadcast_object(shard, out_dir or experiment_dir(cfg)))
+    out_dir = prepare_output_dir(check_output_folder(cfg, broadcast_object(shard, out_dir or experiment_dir(cfg))))
     segmenters = SegmenterSource(resolve_weights(weights), cfg, short_side)
     with_truth = sum(bool(video.ground_truth) for video in all_videos)
     if not with_truth:
@@ -54,6 +55,7 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
                      key=lambda r: (order[r.sequence], r.object_id))
     if not shard.is_main:
         return {}
+    records = scored_records(records)
     if not records:
         logger.info('Masks written to %s', out_dir)
         return {}

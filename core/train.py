@@ -21,9 +21,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from core.distributed import Distributed, setup_distributed
+from core.distributed import Distributed, broadcast_object, setup_distributed
 from core.segmenter import VideoSegmenter
-from datasets.registry import list_videos
+from datasets.registry import SPLITS, list_videos
+from datasets.video import Video
 from datasets.video_clips import build_training_set, max_frame_step
 from models.initialization import calibrate_random_rmnet, init_new_layers
 from models.losses import flow_loss, segmentation_loss_terms
@@ -31,15 +32,17 @@ from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import (CheckpointError, load_networks, load_state_strict, published_checkpoint,
                               read_checkpoint, save_checkpoint)
-from utils.io import read_frame, read_mask
+from utils.cli import UserError
+from utils.io import DataError, WriteError, read_frame, read_mask
 from utils.metrics import quick_video_metrics
+from utils.output_safety import check_output_folder, remove_stale_temporaries
 from utils.visualization import overlay
 
 logger = logging.getLogger(__name__)
 IMAGENET_RESNET50 = 'resnet50-0676ba61.pth'   # torchvision's ResNet50_Weights.IMAGENET1K_V1
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """A training run that cannot start or continue; the message says why."""
 
 
@@ -66,13 +69,15 @@ def load_imagenet_backbones(rmnet: RMNet) -> None:
         encoder.load_state_dict(own, strict=True)
 
 
-def build_networks(cfg, weights: Optional[str]) -> Tuple[TinyFlowNet, RMNet]:
+def build_networks(cfg, weights: Optional[str], resuming: bool = False) -> Tuple[TinyFlowNet, RMNet]:
+    """The two networks: from `weights`, or initialised for a new run (resuming: left for the
+    checkpoint to fill)."""
     tflownet, rmnet = TinyFlowNet(cfg), RMNet(cfg)
     for module in (tflownet, rmnet.kv_memory, rmnet.kv_query, rmnet.decoder):
         init_new_layers(module)
     if weights:
         load_networks(weights, tflownet=tflownet, rmnet=rmnet)
-    elif cfg.TRAIN.NETWORK == 'RMNet':
+    elif cfg.TRAIN.NETWORK == 'RMNet' and not resuming:
         if cfg.TRAIN.PRETRAINED_BACKBONE:
             load_imagenet_backbones(rmnet)
         else:
@@ -307,7 +312,7 @@ class Trainer:
                                 f'processes ({self.dist.world_size})')
         self.batch_per_process = batch // self.dist.world_size
 
-        self.tflownet, self.rmnet = build_networks(cfg, None if resume else weights)
+        self.tflownet, self.rmnet = build_networks(cfg, None if resume else weights, resuming=bool(resume))
         self.tflownet.to(self.dist.device)
         self.rmnet.to(self.dist.device)
         self.trained = self.rmnet if self.network_name == 'RMNet' else self.tflownet
@@ -333,7 +338,9 @@ class Trainer:
         self.hold_epochs = 0
         self.best_metrics = {'J-Mean': 0.0, 'F-Mean': 0.0, 'JF-Mean': 0.0}
         self.best_loss = math.inf
-        self.dataset = build_training_set(cfg)
+        self.dataset = checked_training_set(cfg)
+        self.validation_videos = validation_videos(cfg)
+        self.resumed_from = resume
         self.sampler = EpochSampler(len(self.dataset), cfg.CONST.RNG_SEED, self.dist)
         self.loader = training_loader(cfg, self.dataset, self.sampler, self.batch_per_process, self.dist.device)
         self.step = TrainingStep(cfg, self.model, self.optimizer, self.scaler, self.dist.device,
@@ -420,6 +427,7 @@ class Trainer:
                     and self.global_step % self.cfg.TRAIN.VISUALIZE_EVERY == 0):
                 self._log_images(batch, probs)
         self._write_losses(log.read(self.epoch), bar)
+        self.epoch_learning_rate = self.optimizer.param_groups[0]['lr']
         self.scheduler.step()
         elapsed = time.perf_counter() - started
         n_steps = len(self.epoch_losses)
@@ -435,7 +443,7 @@ class Trainer:
         if self.writer is not None:
             self.writer.add_scalar('Loss/Epoch', mean_loss, self.epoch)
             self.writer.add_scalar('Train/FrameStep', step, self.epoch)
-            self.writer.add_scalar('Train/LearningRate', self.scheduler.get_last_lr()[0], self.epoch)
+            self.writer.add_scalar('Train/LearningRate', self.epoch_learning_rate, self.epoch)
             self.writer.add_scalar('Train/IterationsPerSecond', self.throughput['iterations_per_s'], self.epoch)
             self.writer.add_scalar('Train/SamplesPerSecond', self.throughput['samples_per_s'], self.epoch)
         return mean_loss
@@ -465,17 +473,9 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> Optional[Dict[str, float]]:
         """The published quick J/F means over the validation videos (rank 0), or None."""
-        name = self.cfg.DATASET.VAL_DATASET
-        if not name or self.network_name != 'RMNet':
+        videos = self.validation_videos
+        if videos is None:
             return None
-        videos = list_videos(self.cfg, name, self.cfg.DATASET.VAL_SPLIT)
-        wanted = list(self.cfg.DATASET.VAL_VIDEOS)
-        if wanted:
-            videos = [v for v in videos if v.name in wanted]
-        videos = [v for v in videos if v.ground_truth]
-        if not videos:
-            raise TrainingError(f'no validation video with ground truth in {name} '
-                                f'{self.cfg.DATASET.VAL_SPLIT} (DATASET.VAL_VIDEOS = {wanted})')
         segmenter = VideoSegmenter(None, self.dist.device, cfg=self.cfg, tflownet=self.tflownet, rmnet=self.rmnet)
         scores = []
         for video in tqdm(videos, desc='Validation', leave=False, dynamic_ncols=True):
@@ -489,26 +489,60 @@ class Trainer:
             self.writer.add_scalar(f'Validation/{key}', value, self.epoch)
         return metrics
 
+    def checkpoint_path(self, name: str) -> str:
+        return os.path.join(self.out_dir, 'checkpoints', name)
+
+    def _weights(self) -> Dict[str, Any]:
+        return published_checkpoint(self.tflownet, self.rmnet, epoch_index=self.epoch,
+                                    best_metrics=self.best_metrics, network=self.network_name)
+
+    def _resume_state(self, weights: Dict[str, Any]) -> Dict[str, Any]:
+        return dict(weights, optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                    global_step=self.global_step, hold_epochs=self.hold_epochs,
+                    best_loss=self.best_loss, rng=random_states())
+
+    def save_last(self) -> None:
+        """ckpt-last.pth of the epoch just trained (before validation, so that a failing
+        validation never costs the trained epoch)."""
+        self._save(self.checkpoint_path('ckpt-last.pth'), self._resume_state(self._weights()))
+
     def save(self, metrics: Optional[Dict[str, float]], loss: float) -> None:
-        folder = os.path.join(self.out_dir, 'checkpoints')
+        """ckpt-last.pth with the validation's outcome, ckpt-best.pth when the main metric (the
+        loss without validation) improved or no best checkpoint exists yet, and the every-N
+        ckpt-epoch-*.pth."""
         main_metric = self.cfg.TEST.MAIN_METRIC_NAME
+        best_path = self.checkpoint_path('ckpt-best.pth')
         improved = (metrics[main_metric] > self.best_metrics[main_metric] if metrics is not None
                     else loss < self.best_loss)
         if improved:
             if metrics is not None:
                 self.best_metrics = metrics
             self.best_loss = min(self.best_loss, loss)
-        weights = published_checkpoint(self.tflownet, self.rmnet, epoch_index=self.epoch,
-                                       best_metrics=self.best_metrics, network=self.network_name)
-        resume_state = dict(weights, optimizer=self.optimizer.state_dict(),
-                            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                            global_step=self.global_step, hold_epochs=self.hold_epochs,
-                            best_loss=self.best_loss, rng=random_states())
-        save_checkpoint(os.path.join(folder, 'ckpt-last.pth'), resume_state)
-        if improved:
-            save_checkpoint(os.path.join(folder, 'ckpt-best.pth'), weights)
+        weights = self._weights()
+        self._save(self.checkpoint_path('ckpt-last.pth'), self._resume_state(weights))
+        if improved or not os.path.isfile(best_path):
+            self._save(best_path, weights)
         if self.cfg.TRAIN.SAVE_FREQ and self.epoch % self.cfg.TRAIN.SAVE_FREQ == 0:
-            save_checkpoint(os.path.join(folder, f'ckpt-epoch-{self.epoch:03d}.pth'), weights)
+            self._save(self.checkpoint_path(f'ckpt-epoch-{self.epoch:03d}.pth'), weights)
+
+    def _save(self, path: str, content: Dict[str, Any]) -> None:
+        try:
+            save_checkpoint(path, content)
+        except WriteError as e:
+            raise TrainingError(f'{e}; training stopped after epoch {self.epoch}') from e
+
+    def _validate_saved_epoch(self) -> Optional[Dict[str, float]]:
+        """validate(), after saving the epoch; a failure names the checkpoint to resume from."""
+        if self.validation_videos is None:
+            return None
+        self.save_last()
+        try:
+            return self.validate()
+        except UserError as e:
+            last = self.checkpoint_path('ckpt-last.pth')
+            raise TrainingError(f'validation after epoch {self.epoch} failed: {e}; the epoch is saved '
+                                f'in {last}: fix the problem and continue with --resume {last}') from e
 
     def _update_curriculum(self, metrics: Optional[Dict[str, float]]) -> None:
         self.hold_epochs = max(0, self.hold_epochs - 1)
@@ -521,9 +555,12 @@ class Trainer:
         last_epoch = self.cfg.TRAIN.N_EPOCHS if max_epochs is None else min(self.cfg.TRAIN.N_EPOCHS,
                                                                             self.epoch + max_epochs - 1)
         summary: Dict[str, Any] = {}
+        if self.epoch > last_epoch and self.dist.is_main:
+            logger.warning('%s: all %d epochs (TRAIN.N_EPOCHS) are already trained; nothing to do. '
+                           'Raise TRAIN.N_EPOCHS to train longer', self.resumed_from, self.cfg.TRAIN.N_EPOCHS)
         while self.epoch <= last_epoch:
             loss = self.train_epoch()
-            metrics = self.validate() if self.dist.is_main else None
+            metrics = self._validate_saved_epoch() if self.dist.is_main else None
             summary = {'epoch': self.epoch, 'loss': loss, 'metrics': metrics}
             if self.dist.is_main:
                 logger.info('Epoch %d/%d: loss %.4f, %.2f it/s, %.1f samples/s, peak GPU memory %.2f GiB%s',
@@ -543,11 +580,82 @@ class Trainer:
         return summary
 
 
+def checked_training_set(cfg) -> torch.utils.data.Dataset:
+    """build_training_set, with a TrainingError naming DATASET.TRAIN_DATASET for a bad entry."""
+    try:
+        return build_training_set(cfg)
+    except DataError:
+        raise
+    except (ValueError, KeyError) as e:
+        raise TrainingError(f'DATASET.TRAIN_DATASET = {list(cfg.DATASET.TRAIN_DATASET)}: {e}') from e
+
+
+def validation_videos(cfg) -> Optional[List[Video]]:
+    """The videos RMNet is validated on after each epoch (None without DATASET.VAL_DATASET or
+    for TinyFlowNet), checked: the dataset, split and every name of DATASET.VAL_VIDEOS must
+    exist, with ground truth."""
+    name, split, wanted = cfg.DATASET.VAL_DATASET, cfg.DATASET.VAL_SPLIT, list(cfg.DATASET.VAL_VIDEOS)
+    if not name or cfg.TRAIN.NETWORK != 'RMNet':
+        return None
+    if name not in SPLITS:
+        raise TrainingError(f'DATASET.VAL_DATASET: unknown dataset {name!r}; known: {", ".join(SPLITS)} '
+                            f'(or empty for no validation)')
+    if split not in SPLITS[name]:
+        raise TrainingError(f'DATASET.VAL_SPLIT: {name} has no split {split!r}; splits: '
+                            f'{", ".join(SPLITS[name])}')
+    videos = list_videos(cfg, name, split)
+    unknown = sorted(set(wanted) - {v.name for v in videos})
+    if unknown:
+        raise TrainingError(f'DATASET.VAL_VIDEOS: {", ".join(map(repr, unknown))} not in {name} {split}')
+    videos = [v for v in videos if (not wanted or v.name in wanted) and v.ground_truth]
+    if not videos:
+        raise TrainingError(f'no validation video with ground truth in {name} {split} '
+                            f'(DATASET.VAL_VIDEOS = {wanted})')
+    return videos
+
+
+def check_run_folder(cfg, out_dir: str, resume: Optional[str]) -> None:
+    """Before anything is trained: the run folder is outside the datasets, and holds no other
+    run's checkpoints or logs (those are only continued, with --resume of its checkpoint)."""
+    check_output_folder(cfg, out_dir)
+    folder = os.path.join(out_dir, 'checkpoints')
+    remove_stale_temporaries(folder)
+    existing = sorted(name for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+                      if name.endswith('.pth'))
+    logs = os.path.join(out_dir, 'logs')
+    if os.path.isdir(logs) and os.listdir(logs):
+        existing.append('logs/')
+    same_run = resume is not None and os.path.realpath(os.path.dirname(os.path.abspath(resume))) == \
+        os.path.realpath(folder)
+    if existing and not same_run:
+        last = os.path.join(folder, 'ckpt-last.pth')
+        raise TrainingError(f'{out_dir} already holds the run {", ".join(existing)}; its checkpoints '
+                            f'are never replaced: continue it with --resume {last}, or start a new run '
+                            f'with another --exp NAME')
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f'{folder}: the checkpoint folder cannot be created ({e.strerror or e})') from e
+    if not os.access(folder, os.W_OK):
+        raise TrainingError(f'{folder}: the checkpoint folder is not writable')
+
+
 def train_net(cfg, weights: Optional[str] = None, resume: Optional[str] = None,
               out_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Entry point of `python runner.py` (training)."""
+    """Entry point of `python runner.py` (training): every check before the first step."""
     from core.streaming import experiment_dir
     weights = weights or cfg.CONST.WEIGHTS or None
     resume = resume or cfg.TRAIN.RESUME or None
-    trainer = Trainer(cfg, out_dir or experiment_dir(cfg), weights=weights, resume=resume)
+    dist_info = setup_distributed()
+    out_dir = broadcast_object(dist_info, out_dir or experiment_dir(cfg))
+    problem = None
+    if dist_info.is_main:                  # before any rank writes (rank 0 opens the logs)
+        try:
+            check_run_folder(cfg, out_dir, resume)
+        except UserError as e:
+            problem = str(e)
+    problem = broadcast_object(dist_info, problem)
+    if problem is not None:
+        raise TrainingError(problem)
+    trainer = Trainer(cfg, out_dir, weights=weights, resume=resume, dist_info=dist_info)
     return trainer.run()

@@ -9,6 +9,7 @@ from typing import Dict, List, Tuple
 from datasets.layout import list_stems, require_dir, require_file
 from datasets.video import Video
 from utils.io import DataError
+from utils.output_safety import check_name, check_names
 
 DAVIS_SPLITS = ('train', 'val', 'test-dev')
 DAVIS2016_SPLITS = ('train', 'val')
@@ -50,7 +51,7 @@ def _read_sequence_list(path: str, layout: str) -> List[str]:
         names = [line.strip() for line in f if line.strip()]
     if not names:
         raise DataError(f'{path}: the split list is empty')
-    return names
+    return check_names(names, path)
 
 
 def _folder_sequence(root: str, resolution: str, name: str, split_file: str, binary: bool,
@@ -80,7 +81,8 @@ def _release_sequences(root: str, list_file: str) -> List[Video]:
                 raise DataError(f'{list_file}:{number}: expected "<frame.jpg> <annotation.png>", '
                                 f'got {line.strip()!r}')
             frame, mask = (os.path.join(root, path.lstrip('/')) for path in fields)
-            frames, masks = sequences.setdefault(os.path.basename(os.path.dirname(frame)), ([], []))
+            name = check_name(os.path.basename(os.path.dirname(frame)), f'{list_file}:{number}')
+            frames, masks = sequences.setdefault(name, ([], []))
             frames.append(frame)
             masks.append(mask)
     if not sequences:

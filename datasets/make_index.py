@@ -15,6 +15,7 @@ import numpy as np
 import config
 from datasets.registry import SPLITS, list_videos
 from datasets.video import Video
+from utils.cli import run_command
 from utils.io import DataError, atomic_write, read_mask
 
 
@@ -52,7 +53,7 @@ def build_index(cfg, dataset_name: str, splits: Optional[Sequence[str]] = None) 
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Command line entry point."""
+    """Command line entry point (exit statuses as utils/cli.py)."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--dataset', required=True, choices=sorted(SPLITS))
     parser.add_argument('--split', action='append', help='repeatable; default: every split found')
@@ -62,10 +63,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     cfg = copy.deepcopy(config.cfg)
     if args.root:
         cfg.DATASETS[args.dataset].ROOT = args.root
-    try:
-        index = build_index(cfg, args.dataset, args.split)
-    except ValueError as e:
-        raise SystemExit(f'error: {e}') from e
+    index = build_index(cfg, args.dataset, args.split)
 
     def write(path: str) -> None:
         with open(path, 'w') as f:
@@ -78,4 +76,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_command(main))

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from datasets import davis, youtube_vos
 from datasets.layout import require_dir
 from datasets.video import Video
+from utils.configuration import ConfigError
 
 SPLITS: Dict[str, Tuple[str, ...]] = {
     'DAVIS': davis.DAVIS_SPLITS,
@@ -21,11 +22,11 @@ _REPEAT = re.compile(r'(?P<name>.+?)x(?P<factor>\d+(?:\.\d*)?|\.\d+)')
 def list_videos(cfg, dataset_name: str, split: Optional[str] = None) -> List[Video]:
     """The videos of a benchmark split (None: cfg.DATASETS.<dataset_name>.TEST_SPLIT)."""
     if dataset_name not in SPLITS:
-        raise ValueError(f'unknown dataset {dataset_name!r}; known: {", ".join(SPLITS)}')
+        raise ConfigError(f'unknown dataset {dataset_name!r}; known: {", ".join(SPLITS)}')
     options = cfg.DATASETS[dataset_name]
     split = split or options.TEST_SPLIT
     if split not in SPLITS[dataset_name]:
-        raise ValueError(f'{dataset_name} has no split {split!r}; '
+        raise ConfigError(f'{dataset_name} has no split {split!r}; '
                          f'splits: {", ".join(SPLITS[dataset_name])}')
     root_key = 'TEST_DEV_ROOT' if dataset_name == 'DAVIS' and split == 'test-dev' else 'ROOT'
     root = require_dir(os.path.expanduser(options[root_key]),
@@ -46,7 +47,7 @@ def parse_dataset_list(names: Union[str, Sequence[str]]) -> List[Tuple[str, floa
         match = _REPEAT.fullmatch(entry)
         name, factor = (match['name'], float(match['factor'])) if match else (entry, 1.0)
         if not name or factor <= 0:
-            raise ValueError(f'{entry!r}: expected a dataset name with an optional positive '
+            raise ConfigError(f'{entry!r}: expected a dataset name with an optional positive '
                              f'repeat suffix, e.g. "DAVISx5" or "YOUTUBE_VOSx0.5"')
         pairs.append((name, int(factor) if factor.is_integer() else factor))
     return pairs

@@ -12,6 +12,7 @@ from typing import Dict, List
 from datasets.layout import list_stems, require_dir, require_file, require_stems
 from datasets.video import Video
 from utils.io import DataError
+from utils.output_safety import check_name, check_names
 
 SPLITS = ('train', 'valid', 'test')
 LAYOUT = ('<root>/<split>/meta.json ({"videos": {<video>: {"objects": {<id>: {"category": ..., '
@@ -41,8 +42,11 @@ def _read_meta(path: str) -> Dict[str, ObjectFrames]:
         raise DataError(f'{path}: not a YouTube-VOS meta.json ({e!r}); expected the layout '
                         f'{LAYOUT}') from e
     for name, objects in meta.items():
+        check_name(name, path, 'video name')
         if not objects or not all(objects.values()):
             raise DataError(f'{path}: video {name!r} lists no objects or an object without frames')
+        for frames in objects.values():
+            check_names(frames, path, f'frame name of video {name!r}')
     return meta
 
 

@@ -38,3 +38,18 @@ def normalise(frames: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 255.0
     x = (x - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     return x.permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (instead of blocking the suite) when the test takes more than 20 s, e.g. reading a FIFO."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise TimeoutError('the test blocked for 20 s')
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

@@ -1,11 +1,14 @@
 """Published checkpoint format: strict loading with or without `module.`, atomic saving."""
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
-from conftest import LAYOUT, require_shared
+from conftest import LAYOUT, ROOT, require_shared
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import (CheckpointError, load_networks, load_state_strict, published_checkpoint,
@@ -89,3 +92,35 @@ def test_truncated_and_foreign_files(tmp_path):
     torch.save([1, 2], plain)
     with pytest.raises(CheckpointError, match='expected a dict'):
         read_checkpoint(str(plain))
+
+
+def test_full_disk_while_saving_leaves_no_file(tmp_path):
+    """A real write failure (files may not grow past 100 kB) inside torch.save."""
+    script = textwrap.dedent(f'''
+        import resource, signal, sys
+        sys.path.insert(0, {ROOT!r})
+        import torch
+        from utils.checkpoint import save_checkpoint
+        from utils.io import WriteError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        try:
+            save_checkpoint({str(tmp_path / 'ckpt-last.pth')!r}, {{'rmnet': {{'w': torch.zeros(200_000)}}}})
+        except WriteError as e:
+            print(e)
+    ''')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = f'{tmp_path / "ckpt-last.pth"}: cannot be written (File too large); nothing was written there'
+    assert done.stdout == expected + '\n'
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_network_entry_that_is_not_a_state_dict(tmp_path):
+    path = str(tmp_path / 'odd.pth')
+    torch.save({'tflownet': {'module.w': torch.zeros(1)}, 'rmnet': [torch.zeros(1)]}, path)
+    with pytest.raises(CheckpointError, match=r'odd.pth \[rmnet\]: expected a state dict .*got list'):
+        load_networks(path, rmnet=RMNet())
+    torch.save({'tflownet': {'module.w': 'text'}, 'rmnet': {}}, path)
+    with pytest.raises(CheckpointError, match=r"\[tflownet\]: expected a state dict .*'module.w' is str"):
+        load_networks(path, tflownet=TinyFlowNet())

@@ -1,5 +1,7 @@
 """Teacher flows with RAFT: file naming, the frame order given to the model, resuming, weights."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import torch
 from PIL import Image
 from torchvision.models.optical_flow import raft_small
 
+from conftest import ROOT
 from datasets.video import Video
 from utils.compute_flows import (MissingWeightsError, backward_flow, compute_flows, load_raft,
                                  parse_args, weights_file, write_video_flows)
@@ -58,7 +61,7 @@ def test_existing_files_are_kept(tmp_path):
     before = os.path.getmtime(path)
     assert compute_flows([video], out, BrightnessDifference(), CPU) == {'clip': 1}
     assert os.path.getmtime(path) == before
-    assert not [name for name in os.listdir(os.path.join(out, 'clip')) if name.startswith('.tmp')]
+    assert not [name for name in os.listdir(os.path.join(out, 'clip')) if name.startswith('.')]
 
 
 def test_raft_runs_on_a_tiny_clip(tmp_path):
@@ -77,7 +80,7 @@ def test_missing_weights_give_a_clear_error_without_downloading(tmp_path):
     try:
         expected = str(tmp_path / 'hub' / 'checkpoints' / 'raft_large_C_T_SKHT_V2-ff5fadd5.pth')
         assert weights_file('raft_large') == expected
-        with pytest.raises(MissingWeightsError, match='no internet') as error:
+        with pytest.raises(MissingWeightsError, match='this tool never downloads') as error:
             load_raft('raft_large', CPU)
         assert expected in str(error.value) and 'download.pytorch.org' in str(error.value)
         assert not os.path.exists(expected)
@@ -92,3 +95,14 @@ def test_command_line_defaults():
     assert (args.split, args.model, args.updates) == ('train', 'raft_large', 12)
     with pytest.raises(SystemExit):
         parse_args(['--dataset', 'DAVIS', '--out', 'flows', '--model', 'pwcnet'])
+
+
+def test_command_without_raft_weights_is_one_error_line(tmp_path):
+    command = [sys.executable, '-m', 'utils.compute_flows', '--dataset', 'DAVIS', '--out', str(tmp_path / 'flows'),
+               '--device', 'cpu']
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TORCH_HOME=str(tmp_path / 'torch')))
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and 'raft_large weights are not there' in lines[0]
+    assert not os.path.exists(tmp_path / 'flows')

@@ -3,15 +3,19 @@ import copy
 import io
 import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import config
-from conftest import DAVIS_TRAIN, require_shared
+from conftest import DAVIS_TRAIN, ROOT, require_shared
 from datasets.make_index import main as make_index
 from datasets.registry import list_videos, parse_dataset_list
+from utils.cli import run_command
 from utils.io import DataError, read_mask, write_palette_mask
 
 H, W = 36, 64
@@ -280,5 +284,39 @@ def test_make_index_writes_names_frame_and_object_counts(cfg, jpegs, tmp_path, m
     make_index(['--dataset', 'DAVIS2016', '--root', root, '--split', 'val', '--out', out])
     with open(out) as f:
         assert json.load(f)['splits'] == {'val': [{'name': 'bear', 'n_frames': 2, 'n_objects': 1}]}
-    with pytest.raises(SystemExit, match='error: .*ImageSets/2016/train.txt'):
-        make_index(['--dataset', 'DAVIS2016', '--root', root, '--split', 'train', '--out', out])
+    capsys.readouterr()
+    assert run_command(make_index, ['--dataset', 'DAVIS2016', '--root', root, '--split', 'train',
+                                    '--out', out]) == 2
+    assert re.match(r'error: .*ImageSets/2016/train.txt', capsys.readouterr().err)
+
+
+@pytest.mark.parametrize('name', ['../escape', '/tmp/absolute', 'a/b', '..'])
+def test_sequence_names_that_are_paths_are_refused(cfg, jpegs, name):
+    root = cfg.DATASETS.DAVIS.ROOT
+    make_davis(root, '2017', 'val', {'bear': 2}, jpegs)
+    write_text(os.path.join(root, 'ImageSets', '2017', 'val.txt'), ['bear', name])
+    with pytest.raises(DataError, match=f'val.txt: sequence name {re.escape(repr(name))} is not a plain name'):
+        list_videos(cfg, 'DAVIS', 'val')
+
+
+def test_youtube_vos_video_and_frame_names_that_are_paths_are_refused(cfg, jpegs):
+    root = cfg.DATASETS.YOUTUBE_VOS.ROOT
+    make_youtube_valid(root, jpegs)
+    meta_path = os.path.join(root, 'valid', 'meta.json')
+    with open(meta_path) as f:
+        meta = json.load(f)
+    good = meta['videos']['a1']
+    for videos, fragment in (({'../../etc': good}, "video name '../../etc'"),
+                             ({'a1': {'objects': {'1': {'frames': ['../00000']}}}}, "frame name of video 'a1'")):
+        write_text(meta_path, [json.dumps({'videos': videos})])
+        with pytest.raises(DataError, match=re.escape(fragment)):
+            list_videos(cfg, 'YOUTUBE_VOS', 'valid')
+
+
+def test_make_index_exit_statuses(cfg, tmp_path):
+    command = [sys.executable, '-m', 'datasets.make_index', '--dataset', 'DAVIS', '--split', 'val',
+               '--root', str(tmp_path / 'absent'), '--out', str(tmp_path / 'index.json')]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert done.stderr.startswith('error: ') and 'absent' in done.stderr
+    assert not os.path.exists(tmp_path / 'index.json')

@@ -1,7 +1,10 @@
 """The folder scorer and its CSV files on small DAVIS-layout folders with hand-worked results."""
 import glob
+import logging
 import os
 import re
+import resource
+import signal
 import subprocess
 import sys
 
@@ -141,7 +144,8 @@ def test_command_line(folders):
     assert read_text(os.path.join(results, 'global_results-val.csv')) == EXPECTED_GLOBAL
     os.remove(os.path.join(results, 'bear', '00003.png'))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and '00003.png: mask not found' in done.stderr
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith('error: ') and '00003.png: mask not found' in done.stderr
 
 
 def test_davis2016_lists_and_binary_scoring(tmp_path):
@@ -188,3 +192,57 @@ def test_missing_lists_and_ground_truth(folders, tmp_path):
         cv2.imwrite(os.path.join(frames, f'{t:05d}.jpg'), np.zeros((20, 20, 3), dtype=np.uint8))
     with pytest.raises(DataError, match='6 ground-truth masks for 7 frames'):
         evaluate_folder(results, root, 'val', workers=1)
+
+
+def test_sequences_of_two_frames_are_left_out_with_a_warning(folders, caplog):
+    root, results = folders
+    expected = evaluate_folder(results, root, 'val', workers=1)
+    tiny = np.zeros((2, 20, 20), np.uint8)
+    tiny[:, 5:10, 5:10] = 1
+    write_sequence(os.path.join(root, 'Annotations', '480p', 'tiny'), tiny)
+    write_sequence(os.path.join(results, 'tiny'), tiny)
+    write_list(root, '2017', ['bear', 'tiny', 'rects'])
+    with caplog.at_level(logging.WARNING):
+        summary = evaluate_folder(results, root, 'val', workers=1)
+    assert 'left out of the scores: tiny (2 frames or fewer' in caplog.text
+    assert summary == expected
+    assert read_text(os.path.join(results, 'global_results-val.csv')) == EXPECTED_GLOBAL
+    assert read_text(os.path.join(results, 'per-sequence_results-val.csv')) == EXPECTED_SEQUENCES
+
+
+def test_only_short_sequences_is_an_error(tmp_path):
+    root, results = str(tmp_path / 'DAVIS'), str(tmp_path / 'results')
+    tiny = np.ones((2, 20, 20), np.uint8)
+    write_sequence(os.path.join(root, 'Annotations', '480p', 'tiny'), tiny)
+    write_sequence(os.path.join(results, 'tiny'), tiny)
+    write_list(root, '2017', ['tiny'])
+    with pytest.raises(DataError, match='too short to score'):
+        evaluate_folder(results, root, 'val', workers=1)
+    assert os.listdir(results) == ['tiny']
+
+
+def test_results_that_cannot_be_written_are_one_error_line(folders):
+    """Files may not grow at all (as on a full disk or a read-only folder): the CSV files fail."""
+    root, results = folders
+
+    def no_writes():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    command = [sys.executable, '-m', 'utils.evaluate', '--results', results, '--davis', root, '--workers', '1']
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=no_writes)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f'error: {os.path.join(results, "global_results-val.csv")}: cannot be written')
+    assert not [name for name in os.listdir(results) if name.endswith('.csv') or name.startswith('.')]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders')
+def test_read_only_results_folder_is_refused_before_scoring(folders):
+    root, results = folders
+    os.chmod(results, 0o555)
+    try:
+        with pytest.raises(DataError, match='results folder is not writable'):
+            evaluate_folder(results, root, 'val', workers=1)
+    finally:
+        os.chmod(results, 0o755)

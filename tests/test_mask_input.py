@@ -164,3 +164,42 @@ def test_masks_of_later_frames_share_one_numbering(tmp_path):
     write_palette_mask(str(tmp_path / 'c.png'), np.where(later == 9, 9, 0).astype(np.uint8))
     with pytest.raises(MaskError, match=r'c\.png: brings the number of objects to 2, at most 1'):
         read_given_masks([str(tmp_path / 'a.png'), f'30:{tmp_path / "c.png"}'], max_objects=1)
+
+
+def test_greyscale_ids_with_void_255_are_an_id_mask(tmp_path):
+    ids = np.zeros(SIZE, np.uint8)
+    ids[10:40, 10:60], ids[60:90, 80:140] = 1, 3
+    ids[:, 70:72] = 255                                   # DAVIS void between the objects
+    Image.fromarray(ids, mode='L').save(tmp_path / 'ids_void.png')
+    mask = read_first_mask(str(tmp_path / 'ids_void.png'))
+    assert (mask.n_objects, mask.labels) == (2, (1, 3))
+    assert mask.ids[20, 20] == 1 and mask.ids[70, 100] == 2 and mask.ids[50, 71] == 0
+    binary = np.where(ids == 1, 255, 0).astype(np.uint8)  # 0/255 alone stays one binary object
+    Image.fromarray(binary, mode='L').save(tmp_path / 'binary.png')
+    assert read_first_mask(str(tmp_path / 'binary.png')).n_objects == 1
+
+
+def test_size_mismatch_names_the_option_that_resizes(tmp_path):
+    write_palette_mask(str(tmp_path / 'm.png'), np.ones((60, 80), np.uint8))
+    with pytest.raises(MaskError, match='--resize-mask'):
+        read_first_mask(str(tmp_path / 'm.png'), size=SIZE)
+
+
+@pytest.mark.parametrize('text, message', [('-1:a.png', 'frame numbers start at 0'),
+                                           ('abc:a.png', "'abc' is not a frame number"),
+                                           ('x:a.png', "'x' is not a frame number")])
+def test_frame_numbers_that_are_not_numbers(tmp_path, text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse_mask_spec(text)
+
+
+def test_a_file_named_with_a_colon_is_still_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'abc:a.png').write_bytes(b'')
+    assert parse_mask_spec('abc:a.png') == (0, 'abc:a.png')
+
+
+def test_a_fifo_mask_is_refused(tmp_path, no_hang):
+    os.mkfifo(tmp_path / 'pipe.png')
+    with pytest.raises(MaskError, match='pipe.png: mask file is not a regular file'):
+        read_first_mask(str(tmp_path / 'pipe.png'))

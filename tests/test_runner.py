@@ -1,6 +1,9 @@
 """runner.py: options, config overrides, and one `error:` line with status 2 for every expected failure."""
 import json
 import os
+import resource
+import signal
+import stat
 import subprocess
 import sys
 
@@ -11,10 +14,10 @@ import torch
 from PIL import Image
 
 import runner
-from clips import SIZE, frame_folder, read_ids, restore_cfg, two_object_clip  # noqa: F401
+from clips import SIZE, davis_root, frame_folder, read_ids, restore_cfg, two_object_clip  # noqa: F401
 from conftest import ROOT
 from config import cfg
-from utils.io import write_palette_mask
+from utils.io import TEMPORARY_PREFIX, write_palette_mask
 
 
 @pytest.fixture(scope='module')
@@ -206,3 +209,141 @@ def test_exit_status_of_a_real_process(tmp_path, video, clip):
     assert result.returncode == 2
     assert result.stderr.startswith('error: ') or '\nerror: ' in result.stderr
     assert 'Traceback' not in result.stderr and '45x80' in result.stderr
+
+
+def tree(folder):
+    """Every file under `folder` with its content, to compare before and after a command."""
+    found = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(parent, name), 'rb') as f:
+                found[os.path.relpath(os.path.join(parent, name), folder)] = f.read()
+    return found
+
+
+@pytest.fixture
+def dataset(tmp_path, clip):
+    return davis_root(str(tmp_path / 'DAVIS'), {'two': (clip[0][:3], clip[1][:3])})
+
+
+@pytest.mark.parametrize('job', ['--test', '--inference'])
+@pytest.mark.parametrize('inside', ['Annotations/480p', 'JPEGImages/480p/two', '', '..'])
+def test_benchmark_output_overlapping_a_dataset_is_refused(tmp_path, dataset, capsys, job, inside):
+    before = tree(dataset)
+    output = os.path.normpath(os.path.join(dataset, inside))
+    expect_error(capsys, [job, '--dataset', 'DAVIS', '--split', 'train', '--weights', 'w.pth', '--output', output,
+                          '--set', 'DATASETS.DAVIS.ROOT', dataset], output, 'the dataset folder', '--output')
+    assert tree(dataset) == before
+
+
+def test_own_video_output_inside_a_dataset_is_refused(tmp_path, dataset, video, mask, capsys):
+    before = tree(dataset)
+    output = os.path.join(dataset, 'Annotations', '480p', 'two')
+    expect_error(capsys, own_video(video, mask, 'w.pth', output, '--set', 'DATASETS.DAVIS.ROOT', dataset),
+                 'lies inside the dataset folder')
+    assert tree(dataset) == before
+
+
+def test_sequence_name_with_dots_is_refused_before_anything_is_written(tmp_path, dataset, capsys):
+    with open(os.path.join(dataset, 'ImageSets', '2017', 'train.txt'), 'a') as f:
+        f.write('../../escaped\n')
+    expect_error(capsys, ['--test', '--dataset', 'DAVIS', '--split', 'train', '--weights', 'w.pth', '--output',
+                          str(tmp_path / 'out'), '--set', 'DATASETS.DAVIS.ROOT', dataset],
+                 'train.txt', "'../../escaped' is not a plain name")
+    assert not os.path.exists(tmp_path / 'out') and not os.path.exists(tmp_path / 'escaped')
+
+
+def test_reusing_an_own_video_output_needs_overwrite(tmp_path, clip, mask, synth_checkpoint, capsys):
+    three = frame_folder(str(tmp_path / 'three'), clip[0][:3])
+    two = frame_folder(str(tmp_path / 'two'), clip[0][:2])
+    out = tmp_path / 'out'
+    previous_umask = os.umask(0o022)
+    try:
+        assert runner.main(own_video(three, mask, synth_checkpoint, str(out))) == 0
+    finally:
+        os.umask(previous_umask)
+    assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png', '00002.png']
+    assert stat.S_IMODE(os.stat(out / 'masks' / '00000.png').st_mode) == 0o644       # shared lab servers
+    assert stat.S_IMODE(os.stat(out / 'overlay.mp4').st_mode) == 0o644
+    (out / 'notes.txt').write_text('the user\'s own file')
+    before = tree(str(out))
+    expect_error(capsys, own_video(two, mask, synth_checkpoint, str(out)), str(out), 'not empty', '--overwrite')
+    assert tree(str(out)) == before
+    stale = out / 'masks' / f'{TEMPORARY_PREFIX}999999999-00007.x.png'
+    stale.write_bytes(b'left by a killed run')
+    assert runner.main(own_video(two, mask, synth_checkpoint, str(out), '--overwrite', '--binary')) == 0
+    assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png']
+    assert sorted(os.listdir(out / 'binary' / '1')) == ['00000.png', '00001.png']
+    assert (out / 'notes.txt').read_text() == 'the user\'s own file'
+    capture = cv2.VideoCapture(str(out / 'overlay.mp4'))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    capture.release()
+
+
+def test_overwrite_refuses_to_delete_an_input_mask(tmp_path, video, clip, synth_checkpoint, capsys):
+    out = tmp_path / 'out'
+    os.makedirs(out / 'masks')
+    corrected = str(out / 'masks' / '00000.png')
+    write_palette_mask(corrected, clip[1][0])
+    expect_error(capsys, own_video(video, corrected, synth_checkpoint, str(out), '--overwrite'),
+                 'this input lies in', 'masks')
+    assert os.path.isfile(corrected)
+
+
+def test_a_failed_own_video_run_leaves_no_empty_folder(tmp_path, video, mask, capsys):
+    out = tmp_path / 'runs' / 'new'
+    expect_error(capsys, own_video(video, mask, str(tmp_path / 'absent.pth'), str(out)), 'absent.pth')
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize('argv, fragment', [
+    (['--size', '1'], 'at least 32 pixels'),
+    (['--mask', '-1:late.png'], 'frame numbers start at 0'),
+    (['--mask=-1:late.png'], 'frame numbers start at 0'),
+    (['--mask', 'abc:late.png'], "'abc' is not a frame number")])
+def test_bad_own_video_options_say_what_is_wrong(tmp_path, video, mask, capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.parse_args(['--inference', '--video', video, '--mask', mask, *argv])
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('settings, fragment', [
+    (['TEST.MEMORIZE_EVERY', '0'], 'TEST.MEMORIZE_EVERY must be at least 1'),
+    (['TEST.FRAME_SCALES', '[]'], 'TEST.FRAME_SCALES is empty'),
+    (['TEST.FRAME_SCALES', '[1.0, 0]'], 'TEST.FRAME_SCALES must hold positive numbers')])
+def test_test_options_that_cannot_work(tmp_path, video, mask, capsys, settings, fragment):
+    expect_error(capsys, own_video(video, mask, 'w.pth', str(tmp_path / 'out'), '--set', *settings), fragment)
+    assert not os.path.exists(tmp_path / 'out')
+
+
+def test_json_config_that_is_not_an_object(tmp_path, capsys):
+    config_file = tmp_path / 'list.json'
+    config_file.write_text('[1, 2]')
+    expect_error(capsys, ['--test', '--cfg', str(config_file)], 'list.json', 'expected a JSON object', 'list')
+
+
+def test_a_fifo_as_video_is_refused(tmp_path, mask):
+    os.mkfifo(tmp_path / 'pipe.mp4')
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'runner.py'), *own_video(
+        str(tmp_path / 'pipe.mp4'), mask, 'w.pth', str(tmp_path / 'out'))], capture_output=True, text=True,
+        cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert 'pipe.mp4: not a regular file' in result.stderr
+
+
+def test_full_disk_while_writing_the_overlay(tmp_path, video, mask, synth_checkpoint):
+    """Files may not grow past 6 kB: the masks fit, the overlay does not."""
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
+
+    out = tmp_path / 'out'
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'runner.py'), *own_video(
+        video, mask, synth_checkpoint, str(out))], capture_output=True, text=True, cwd=ROOT, timeout=300,
+        preexec_fn=limit_file_size, env=dict(os.environ, RMNET_NO_BUILD='1'))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+    message = result.stderr[result.stderr.index('error: '):]
+    assert 'overlay.mp4' in message and 'masks of frames 0..3 are kept' in message
+    assert sorted(os.listdir(out)) == ['masks']
+    assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png', '00002.png', '00003.png']

@@ -92,3 +92,27 @@ def test_videos_sharded_over_processes_give_the_same_scores(tmp_path, clips, syn
         assert read_csv(tmp_path / 'sharded' / name) == read_csv(tmp_path / 'single' / name)
     for video in clips:
         assert sorted(os.listdir(tmp_path / 'sharded' / video)) == ['00000.png', '00001.png', '00002.png']
+
+
+def test_errors_name_the_sequence_and_its_mask_file(tmp_path, clips, synth_checkpoint, capsys):
+    frames, masks = clips['bear']
+    void = [np.full_like(masks[0], 255)] + list(masks[1:])
+    root = davis_root(str(tmp_path / 'DAVIS'), {'bear': (frames, void)})
+    assert run_test(root, tmp_path / 'out', 'DAVIS', synth_checkpoint) == 2
+    error = capsys.readouterr().err
+    assert 'Traceback' not in error
+    first = os.path.join(root, 'Annotations', '480p', 'bear', '00000.png')
+    message = error[error.index('error: '):]
+    assert message.startswith('error: bear: the first mask has no object') and first in message
+
+
+def test_short_sequences_are_left_out_of_the_scores(tmp_path, clips, synth_checkpoint, caplog):
+    frames, masks = clips['bear']
+    root = davis_root(str(tmp_path / 'DAVIS'), {'bear': clips['bear'], 'pair': (frames[:2], masks[:2])})
+    out = tmp_path / 'out'
+    with caplog.at_level(logging.WARNING):
+        assert run_test(root, out, 'DAVIS', synth_checkpoint, '--set', 'TEST.EVAL_WORKERS', '1') == 0
+    assert 'left out of the scores: pair' in caplog.text
+    assert [row[0] for row in read_csv(out / 'per-sequence_results-train.csv')] == ['Sequence', 'bear_1']
+    assert all(read_csv(out / 'global_results-train.csv')[1])       # no empty (NaN) field
+    assert sorted(os.listdir(out / 'pair')) == ['00000.png', '00001.png']

@@ -1,6 +1,8 @@
 """Training: the loss falls on one clip, resume continues exactly, DDP keeps ranks in step."""
 import copy
 import math
+import errno
+import logging
 import os
 import socket
 
@@ -9,10 +11,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import runner
 from clips import davis_root, one_object_clip, restore_cfg  # noqa: F401  (autouse fixture)
 from config import cfg as global_cfg
 from core.train import Trainer, TrainingError, load_imagenet_backbones
 from models.rmnet import RMNet
+from utils import checkpoint as checkpoint_module
 from utils.checkpoint import read_checkpoint
 from utils.io import DataError
 
@@ -255,3 +259,97 @@ def test_gpu_training_step_gives_the_cpu_losses(precision, channels_last, tolera
             losses.append(torch.stack([step(batch)[0] for _ in range(2)]).cpu())
     assert torch.isfinite(losses[1]).all()
     assert torch.allclose(losses[1], losses[0], rtol=tolerance, atol=tolerance)
+
+
+def runner_training(tmp_path, root, *settings):
+    """runner.py arguments of a tiny training run in tmp_path/run from `root` (DAVIS 2016 layout)."""
+    return ['--exp', 'run', '--set', 'DIR.OUT_PATH', str(tmp_path), 'DATASETS.DAVIS2016.ROOT', root,
+            'DATASET.TRAIN_DATASET', "['DAVIS2016']", 'DATASET.VAL_DATASET', 'DAVIS2016', 'DATASET.VAL_SPLIT',
+            'train', 'TRAIN.PRETRAINED_BACKBONE', 'False', 'CONST.N_WORKERS', '0', *settings]
+
+
+@pytest.fixture
+def no_training_step(monkeypatch):
+    def refuse(self, batch):
+        raise AssertionError('a training step ran before the checks')
+    monkeypatch.setattr(Trainer, 'train_step', refuse)
+
+
+def test_another_runs_checkpoints_are_never_replaced(data_root, tmp_path, capsys, no_training_step):
+    checkpoints = tmp_path / 'run' / 'checkpoints'
+    os.makedirs(checkpoints)
+    (checkpoints / 'ckpt-best.pth').write_bytes(b'the better run')
+    assert runner.main(runner_training(tmp_path, data_root)) == 2
+    message = capsys.readouterr().err
+    assert 'Traceback' not in message and 'ckpt-best.pth' in message
+    assert f'--resume {checkpoints / "ckpt-last.pth"}' in message and 'another --exp NAME' in message
+    assert (checkpoints / 'ckpt-best.pth').read_bytes() == b'the better run'
+    assert sorted(os.listdir(tmp_path / 'run')) == ['checkpoints']
+
+
+def test_logs_of_another_run_are_not_mixed(data_root, tmp_path, capsys, no_training_step):
+    os.makedirs(tmp_path / 'run' / 'logs')
+    (tmp_path / 'run' / 'logs' / 'events.out.tfevents.1').write_bytes(b'earlier run')
+    assert runner.main(runner_training(tmp_path, data_root)) == 2
+    assert 'logs/' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('settings, fragment', [
+    (['DATASET.TRAIN_DATASET', "['DAVIS2016x0']"], "'DAVIS2016x0': expected a dataset name"),
+    (['DATASET.TRAIN_DATASET', "['x0']"], "unknown dataset 'x0'"),
+    (['DATASET.TRAIN_DATASET', "['DAVIS2O16']"], "unknown dataset 'DAVIS2O16'"),
+    (['DATASET.VAL_DATASET', 'DAVIS16'], "DATASET.VAL_DATASET: unknown dataset 'DAVIS16'"),
+    (['DATASET.VAL_SPLIT', 'vall'], "DATASET.VAL_SPLIT: DAVIS2016 has no split 'vall'"),
+    (['DATASET.VAL_VIDEOS', "['bear', 'baer']"], "DATASET.VAL_VIDEOS: 'baer' not in DAVIS2016 train")])
+def test_dataset_typos_are_found_before_the_first_step(data_root, tmp_path, capsys, no_training_step,
+                                                       settings, fragment):
+    assert runner.main(runner_training(tmp_path, data_root, *settings)) == 2
+    message = capsys.readouterr().err
+    assert 'Traceback' not in message and fragment in message, message
+    assert not os.listdir(tmp_path / 'run' / 'checkpoints')
+
+
+def test_epoch_is_saved_before_validating_and_best_after_the_first(data_root, tmp_path, monkeypatch, caplog):
+    cfg = training_cfg(data_root, N_EPOCHS=2)
+    cfg.DATASET.VAL_DATASET, cfg.DATASET.VAL_SPLIT, cfg.DATASET.VAL_VIDEOS = 'DAVIS2016', 'train', ['bear']
+    outcomes = iter([{'J-Mean': 0.0, 'F-Mean': 0.0, 'JF-Mean': 0.0}, DataError('bear/00002.png: unreadable mask')])
+
+    def validate(self):
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(Trainer, 'validate', validate)
+    trainer = Trainer(cfg, str(tmp_path))
+    logged = {}
+    add_scalar = trainer.writer.add_scalar
+    monkeypatch.setattr(trainer.writer, 'add_scalar', lambda tag, value, step: (
+        logged.__setitem__((tag, step), value), add_scalar(tag, value, step)))
+    last = str(tmp_path / 'checkpoints' / 'ckpt-last.pth')
+    with pytest.raises(TrainingError, match=f'validation after epoch 2 failed: .*unreadable mask.*--resume {last}'):
+        trainer.run()
+    assert read_checkpoint(last)['epoch_index'] == 2                 # the trained epoch is kept
+    assert read_checkpoint(str(tmp_path / 'checkpoints' / 'ckpt-best.pth'))['epoch_index'] == 1   # score 0
+    assert logged[('Train/LearningRate', 1)] == pytest.approx(cfg.TRAIN.LEARNING_RATE)          # used in epoch 1
+    assert logged[('Train/LearningRate', 2)] == pytest.approx(cfg.TRAIN.LEARNING_RATE * (1 + np.cos(np.pi / 2)) / 2)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        finished = Trainer(cfg, str(tmp_path), resume=last)
+        assert finished.run() == {}
+    assert 'all 2 epochs (TRAIN.N_EPOCHS) are already trained' in caplog.text
+    assert 'random weights' not in caplog.text and 'Resuming from' in caplog.text
+
+
+def test_a_full_disk_while_saving_stops_with_the_file_named(data_root, tmp_path, monkeypatch):
+    trainer = Trainer(training_cfg(data_root, N_EPOCHS=1), str(tmp_path))
+
+    def full_disk(content, path):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(checkpoint_module.torch, 'save', full_disk)
+    with pytest.raises(TrainingError, match=r'ckpt-last.pth: cannot be written \(No space left on device\); '
+                                            r'nothing was written there; training stopped after epoch 1'):
+        trainer.run()
+    assert os.listdir(tmp_path / 'checkpoints') == []

@@ -17,7 +17,8 @@ from utils.weights import WeightsError, resolve_weights
 
 def small_checkpoint() -> bytes:
     buffer = io.BytesIO()
-    torch.save({'rmnet': {'module.w': torch.arange(60000, dtype=torch.float32)}}, buffer)
+    torch.save({'rmnet': {'module.w': torch.arange(60000, dtype=torch.float32)},
+                'tflownet': {'module.v': torch.ones(3)}}, buffer)
     return buffer.getvalue()
 
 
@@ -101,16 +102,45 @@ def test_first_download_is_recorded_and_later_uses_need_no_network(server, tmp_p
 def test_changed_file_is_refused_with_a_way_out(server, tmp_path):
     path = resolve_weights('davis', progress=False)
     damaged = bytearray(PAYLOAD)
-    damaged[len(damaged) // 2] ^= 0xFF
+    damaged[len(damaged) // 2] ^= 0xFF             # in the tensor data: the file still loads
     with open(path, 'wb') as f:
         f.write(damaged)
     with pytest.raises(WeightsError, match='sha256') as error:
         resolve_weights('davis', progress=False)
-    assert f'Delete {path} and {path}.json' in str(error.value)
-    with open(path, 'ab') as f:
-        f.write(b'extra')
-    with pytest.raises(WeightsError, match=f'size {len(PAYLOAD) + 5} bytes, recorded {len(PAYLOAD)}'):
+    assert f'delete the record {path}.json (the weights file is kept)' in str(error.value)
+    assert f'Delete {path}' not in str(error.value)
+    with open(path, 'wb') as f:
+        f.write(PAYLOAD[:len(PAYLOAD) // 2])
+    with pytest.raises(WeightsError, match='not a readable PyTorch checkpoint') as error:
         resolve_weights('davis', progress=False)
+    assert 'replace it with a complete download' in str(error.value)
+
+
+def test_truncated_hand_placed_file_is_never_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv('RMNET_CACHE', str(tmp_path))
+    path = tmp_path / 'RMNet-DAVIS.pth'
+    path.write_bytes(PAYLOAD[:len(PAYLOAD) // 3])
+    with pytest.raises(WeightsError, match='not a readable PyTorch checkpoint'):
+        resolve_weights('davis', progress=False)
+    assert not os.path.exists(str(path) + '.json')
+    path.write_bytes(PAYLOAD)                      # the good file, placed over the broken one
+    assert resolve_weights('davis', progress=False) == str(path)
+    with open(str(path) + '.json') as f:
+        assert json.load(f)['sha256'] == hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def test_a_checkpoint_without_both_networks_is_not_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv('RMNET_CACHE', str(tmp_path))
+    torch.save({'rmnet': [1, 2, 3], 'tflownet': {'module.v': torch.ones(3)}}, tmp_path / 'RMNet-DAVIS.pth')
+    with pytest.raises(WeightsError, match=r"\[rmnet\]: expected a state dict"):
+        resolve_weights('davis', progress=False)
+    assert os.listdir(tmp_path) == ['RMNet-DAVIS.pth']
+
+
+def test_sha256_needs_no_python_3_11(tmp_path, monkeypatch):
+    monkeypatch.delattr(weights.hashlib, 'file_digest', raising=False)
+    (tmp_path / 'f').write_bytes(PAYLOAD)
+    assert weights.sha256_of(str(tmp_path / 'f')) == hashlib.sha256(PAYLOAD).hexdigest()
 
 
 def test_server_without_range_support_restarts_cleanly(server, tmp_path):

@@ -27,6 +27,7 @@ from core.segmenter import VideoSegmenter  # noqa: E402
 from models.rmnet import RMNet  # noqa: E402
 from models.tiny_flownet import TinyFlowNet  # noqa: E402
 from utils.checkpoint import load_networks  # noqa: E402
+from utils.cli import UserError, run_command  # noqa: E402
 
 PATHS = {'dense-fp32': (False, 'fp32'), 'fast-fp32': (True, 'fp32'), 'fast-bf16': (True, 'bf16')}
 
@@ -82,6 +83,7 @@ def run_once(tflownet, rmnet, frames, first_mask, regional: bool, precision: str
 
 
 def main(argv: List[str] = None) -> None:
+    """The command line (exit statuses as utils/cli.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--frames', type=int, nargs='+', default=[30, 67, 100, 300])
     parser.add_argument('--objects', type=int, nargs='+', default=[1, 2, 4, 8])
@@ -94,7 +96,7 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument('--out', default='benchmark.json')
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit('the benchmark needs a CUDA GPU')
+        raise UserError('the benchmark needs a CUDA GPU (none is visible to PyTorch)')
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     tflownet, rmnet = TinyFlowNet(default_cfg), RMNet(default_cfg)
     if args.weights:
@@ -123,4 +125,4 @@ def main(argv: List[str] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_command(main))

@@ -6,16 +6,18 @@ same format (with the prefix, so the published code can load our files) through 
 file and a rename, so an interrupted save never leaves a broken checkpoint behind.
 """
 import os
-import tempfile
 from typing import Any, Dict, Mapping, Optional
 
 import torch
+
+from utils.cli import UserError
+from utils.io import atomic_write
 
 PREFIX = 'module.'
 NETWORK_KEYS = ('tflownet', 'rmnet')
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the network; the message says why."""
 
 
@@ -39,11 +41,23 @@ def read_checkpoint(path: str, map_location: Any = 'cpu') -> Dict[str, Any]:
     return checkpoint
 
 
+def require_state_dict(value: Any, source: str) -> Mapping[str, torch.Tensor]:
+    """`value` when it is a state dict (names -> tensors), else a CheckpointError naming `source`."""
+    if not isinstance(value, Mapping) or not value:
+        raise CheckpointError(f'{source}: expected a state dict (parameter names -> tensors), got '
+                              f'{"an empty one" if isinstance(value, Mapping) else type(value).__name__}')
+    wrong = [key for key, tensor in value.items() if not isinstance(key, str) or not torch.is_tensor(tensor)]
+    if wrong:
+        raise CheckpointError(f'{source}: expected a state dict (parameter names -> tensors); '
+                              f'entry {wrong[0]!r} is {type(value[wrong[0]]).__name__}')
+    return value
+
+
 def load_state_strict(network: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
                       source: str = 'checkpoint') -> None:
     """Load a state dict (with or without `module.`) strictly; errors list every mismatch."""
     target = network.module if hasattr(network, 'module') else network
-    state = strip_prefix(state_dict)
+    state = strip_prefix(require_state_dict(state_dict, source))
     own = target.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -69,6 +83,7 @@ def load_networks(path: str, tflownet: Optional[torch.nn.Module] = None,
             continue
         if key not in checkpoint:
             raise CheckpointError(f'{path}: has no {key!r} state dict (keys: {sorted(checkpoint)})')
+        require_state_dict(checkpoint[key], f'{path} [{key}]')
         load_state_strict(network, checkpoint[key], source=f'{path} [{key}]')
     return checkpoint
 
@@ -80,20 +95,39 @@ def with_prefix(network: torch.nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: str, content: Dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, then an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=folder)
-    try:
-        with os.fdopen(handle, 'wb') as f:
-            torch.save(content, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """torch.save to a temporary file in the same folder, synced, then an atomic rename (a
+    failure raises utils.io.WriteError naming `path` and leaves it as it was)."""
+    atomic_write(path, lambda temporary: _torch_save(content, temporary), durable=True)
+
+
+class _FailureRecordingFile:
+    """A binary file for torch.save that keeps the OSError of a failed write (torch.save reports
+    it as a RuntimeError without the reason)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.failure: Optional[OSError] = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.failure = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _torch_save(content: Dict[str, Any], path: str) -> None:
+    with open(path, 'wb') as f:
+        sink = _FailureRecordingFile(f)
+        try:
+            torch.save(content, sink)
+        except RuntimeError:
+            if sink.failure is not None:
+                raise sink.failure
+            raise
 
 
 def published_checkpoint(tflownet: torch.nn.Module, rmnet: torch.nn.Module, epoch_index: int = 0,

@@ -9,6 +9,7 @@ frame 0 gets a zero flow. Existing files are kept, so an interrupted run resumes
 import argparse
 import logging
 import os
+import sys
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ from torchvision.models.optical_flow import (Raft_Large_Weights, Raft_Small_Weig
 from tqdm import tqdm
 
 from datasets.video import Video
+from utils.cli import run_command
 from utils.io import read_frame, write_flo
 
 logger = logging.getLogger(__name__)
@@ -50,8 +52,7 @@ def load_raft(model_name: str, device: torch.device) -> torch.nn.Module:
         raise MissingWeightsError(
             f'{path}: the {model_name} weights are not there. torchvision looks for them in the '
             f'torch hub cache ($TORCH_HOME/hub/checkpoints, now {os.path.dirname(path)}) and would '
-            f'download {weights.url}; this tool never downloads, as there is no internet access '
-            f'here: copy that file there (or point TORCH_HOME at a cache that has it) and run '
+            f'download {weights.url}; this tool never downloads: copy that file there (or point TORCH_HOME at a cache that has it) and run '
             f'again.')
     return builder(weights=weights, progress=False).eval().to(device)
 
@@ -137,4 +138,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_command(main))

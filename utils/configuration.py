@@ -8,8 +8,10 @@ from typing import Any, Sequence
 
 from easydict import EasyDict as edict
 
+from utils.cli import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied; the message names the key or file."""
 
 
@@ -20,9 +22,13 @@ def load_config_file(path: str) -> edict:
     if path.endswith('.json'):
         try:
             with open(path) as f:
-                return edict(json.load(f))
+                content = json.load(f)
         except json.JSONDecodeError as e:
             raise ConfigError(f'{path}: not valid JSON ({e})') from e
+        if not isinstance(content, dict):
+            raise ConfigError(f'{path}: expected a JSON object of overrides (e.g. {{"TEST": '
+                              f'{{"MEMORIZE_EVERY": 3}}}}), got a {type(content).__name__}')
+        return edict(content)
     try:
         namespace = runpy.run_path(path)
     except Exception as e:
@@ -96,3 +102,20 @@ def _typed_like(current: Any, value: Any, key: str) -> Any:
         if isinstance(value, (list, tuple)):
             return type(current)(value)
     raise ConfigError(f'{key} expects a {type(current).__name__}; got {value!r}')
+
+
+def check_test_options(cfg: edict) -> None:
+    """Refuse TEST options that would fail or silently produce nothing while segmenting."""
+    test = cfg.TEST
+    if test.MEMORIZE_EVERY < 1:
+        raise ConfigError(f'TEST.MEMORIZE_EVERY must be at least 1 (memorise every N-th frame), '
+                          f'got {test.MEMORIZE_EVERY}')
+    if test.N_MAX_OBJECTS < 1:
+        raise ConfigError(f'TEST.N_MAX_OBJECTS must be at least 1, got {test.N_MAX_OBJECTS}')
+    scales = list(test.FRAME_SCALES)
+    if not scales:
+        raise ConfigError('TEST.FRAME_SCALES is empty; give at least one scale, e.g. [1.0]')
+    wrong = [scale for scale in scales if not isinstance(scale, (int, float)) or isinstance(scale, bool)
+             or not scale > 0]
+    if wrong:
+        raise ConfigError(f'TEST.FRAME_SCALES must hold positive numbers, got {scales}')

@@ -3,7 +3,9 @@
     python -m utils.evaluate --results DIR --davis ROOT --split val [--year 2016|2017] [--workers N]
 
 reads DIR/<sequence>/<frame>.png (palette masks), prints a per-object table and the global row,
-and writes DIR/global_results-<split>.csv and DIR/per-sequence_results-<split>.csv.
+and writes DIR/global_results-<split>.csv and DIR/per-sequence_results-<split>.csv. Sequences of
+2 frames or fewer have no scored frame (the protocol leaves out the first and the last): they are
+left out of the table, the CSV files and the means, with a warning naming them.
 """
 import argparse
 import csv
@@ -21,7 +23,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.cli import ignore_interrupts, run_command
 from utils.io import DataError, atomic_write, read_mask
+from utils.output_safety import check_names
 from utils.metrics import Statistics, sequence_scores, statistics
 
 logger = logging.getLogger(__name__)
@@ -62,13 +66,25 @@ def evaluate_sequence(name: str, gt_ids: np.ndarray, pred_ids: np.ndarray, binar
 def summarise(records: Sequence[ObjectRecord]) -> Dict[str, float]:
     """Global numbers: every statistic averaged over all objects of all sequences."""
     if not records:
-        raise ValueError('no objects to summarise: the ground truth of every sequence is empty')
+        raise DataError('no objects to summarise: the ground truth of every sequence is empty or '
+                        'too short to score')
     j = [r.j for r in records]
     f = [r.f for r in records]
     j_mean, f_mean = float(np.mean([s.mean for s in j])), float(np.mean([s.mean for s in f]))
     values = ((j_mean + f_mean) / 2, j_mean, np.mean([s.recall for s in j]), np.mean([s.decay for s in j]),
               f_mean, np.mean([s.recall for s in f]), np.mean([s.decay for s in f]))
     return {column: float(value) for column, value in zip(GLOBAL_COLUMNS, values)}
+
+
+def scored_records(records: Sequence[ObjectRecord]) -> List[ObjectRecord]:
+    """The records with at least one scored frame; the sequences left out (2 frames or fewer)
+    are named in a warning."""
+    kept = [r for r in records if r.j_frames.size]
+    dropped = list(dict.fromkeys(r.sequence for r in records if not r.j_frames.size))
+    if dropped:
+        logger.warning('left out of the scores: %s (2 frames or fewer; the first and the last frame '
+                       'are never scored)', ', '.join(dropped))
+    return kept
 
 
 def _number(value: float) -> str:
@@ -139,7 +155,7 @@ def split_sequences(davis_root: str, split: str, year: int = 2017, resolution: s
             names = _read_list(path)
             if not names:
                 raise DataError(f'{path}: the split list is empty')
-            return names
+            return check_names(names, path)
     raise DataError(f'split list not found: {" or ".join(candidates)}')
 
 
@@ -188,6 +204,7 @@ def _score_files(job: Tuple[str, str, str, str, bool]) -> List[ObjectRecord]:
 
 
 def _init_worker() -> None:
+    ignore_interrupts()
     cv2.setNumThreads(1)
 
 
@@ -220,11 +237,14 @@ def evaluate_folder(results_dir: str, davis_root: str, split: str, year: int = 2
         raise ValueError(f'year must be 2016 or 2017, got {year}')
     if not os.path.isdir(results_dir):
         raise DataError(f'{results_dir}: results folder not found')
+    if not os.access(results_dir, os.W_OK):
+        raise DataError(f'{results_dir}: the results folder is not writable, the CSV files could not '
+                        f'be written there')
     names = split_sequences(davis_root, split, year, resolution)
     logger.info('Evaluating %d sequences of DAVIS %d %s in %s', len(names), year, split, results_dir)
     jobs = [(name, davis_root, results_dir, resolution, year == 2016) for name in names]
     scored = _score_all(jobs, workers)
-    records = [record for name in names for record in scored[name]]
+    records = scored_records([record for name in names for record in scored[name]])
     print(format_table(records))
     paths = write_csvs(results_dir, split, records)
     logger.info('Results written to %s and %s', *paths)
@@ -232,6 +252,7 @@ def evaluate_folder(results_dir: str, davis_root: str, split: str, year: int = 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    """The command line; exit statuses as utils/cli.py."""
     parser = argparse.ArgumentParser(
         description='Score DAVIS results with the official semi-supervised protocol.')
     parser.add_argument('--results', required=True, help='folder of <sequence>/<frame>.png palette masks')
@@ -242,11 +263,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--resolution', default='480p')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    try:
-        evaluate_folder(args.results, args.davis, args.split, args.year, args.workers, args.resolution)
-    except DataError as e:
-        sys.exit(f'error: {e}')
+    evaluate_folder(args.results, args.davis, args.split, args.year, args.workers, args.resolution)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_command(main))

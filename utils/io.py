@@ -1,16 +1,75 @@
-"""Reading and writing frames, palette masks and Middlebury .flo flows (atomic writes)."""
+"""Reading and writing frames, palette masks and Middlebury .flo flows.
+
+Every file is written atomically: into a hidden temporary file beside it (named with
+TEMPORARY_PREFIX and the writing process's id), then renamed into place with the mode the umask
+asks for. A failed write removes the temporary file and raises WriteError naming the file;
+utils.output_safety.remove_stale_temporaries clears what a killed process left behind.
+"""
 import os
+import stat
 import tempfile
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
 
+from utils.cli import UserError, describe_os_error
+
 FLO_MAGIC = 202021.25  # b'PIEH' read as a little-endian float32
+TEMPORARY_PREFIX = '.rmnet-partial-'
+SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file that cannot be used; the message names the file and the problem."""
+
+
+class WriteError(DataError):
+    """A file that could not be written (full disk, no permission, ...); the message names it."""
+
+
+def require_regular_file(path: str, what: str) -> str:
+    """`path` when it is a regular file (a FIFO or a device would block or never end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as e:
+        raise DataError(f'{path}: {what} not found') from e
+    except OSError as e:
+        raise DataError(f'{path}: {what} cannot be read ({describe_os_error(e)})') from e
+    if not stat.S_ISREG(mode):
+        kind = 'a folder' if stat.S_ISDIR(mode) else 'not a regular file (a pipe, socket or device)'
+        raise DataError(f'{path}: {what} is {kind}')
+    return path
+
+
+def file_mode() -> int:
+    """The mode a new file gets from the umask (0o644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def temporary_path(path: str) -> str:
+    """Create and return an empty hidden temporary file beside `path` (same extension), named
+    with TEMPORARY_PREFIX and this process's id."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    stem, extension = os.path.splitext(os.path.basename(path))
+    handle, temporary = tempfile.mkstemp(prefix=f'{TEMPORARY_PREFIX}{os.getpid()}-{stem}.',
+                                         suffix=extension, dir=folder)
+    os.close(handle)
+    return temporary
 
 
 def davis_palette() -> np.ndarray:
@@ -30,9 +89,16 @@ PALETTE = davis_palette()
 
 
 def read_frame(path: str) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB (PIL decoding, as the published code)."""
+    """An image file as (H, W, 3) uint8 RGB (PIL decoding, as the published code); 16-bit
+    greyscale frames are scaled to 8 bits."""
+    require_regular_file(path, 'frame')
     try:
         with Image.open(path) as image:
+            if image.mode in SIXTEEN_BIT_MODES:
+                grey = np.array(image).astype(np.float64)
+                if grey.min() < 0 or grey.max() > 65535:
+                    raise DataError(f'{path}: {image.mode} frame with values outside 0..65535')
+                return np.repeat(np.rint(grey / 257.0).astype(np.uint8)[..., None], 3, axis=2)
             return np.array(image.convert('RGB'))
     except FileNotFoundError as e:
         raise DataError(f'{path}: frame not found') from e
@@ -42,6 +108,7 @@ def read_frame(path: str) -> np.ndarray:
 
 def read_mask(path: str) -> np.ndarray:
     """A palette (or greyscale) PNG as (H, W) uint8 label ids."""
+    require_regular_file(path, 'mask')
     try:
         with Image.open(path) as image:
             if image.mode in ('P', 'L'):
@@ -55,19 +122,26 @@ def read_mask(path: str) -> np.ndarray:
         raise DataError(f'{path}: unreadable mask ({e})') from e
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call write(temporary_path) beside `path`, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    handle, temporary = tempfile.mkstemp(prefix='.tmp-', suffix=suffix, dir=folder)
-    os.close(handle)
+def atomic_write(path: str, write: Callable[[str], None], durable: bool = False) -> None:
+    """Call write(temporary) for a temporary file beside `path`, then rename it into place with
+    the umask's mode (durable: synced to disk first). On any failure, interruptions included,
+    the temporary file is removed and `path` is left as it was; an OSError becomes a WriteError
+    naming `path`."""
+    temporary: Optional[str] = None
     try:
+        temporary = temporary_path(path)
         write(temporary)
+        os.chmod(temporary, file_mode())
+        if durable:
+            with open(temporary, 'rb') as f:
+                os.fsync(f.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
+    except BaseException as e:
+        if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
+        if isinstance(e, OSError):
+            previous = 'the earlier file is kept' if os.path.exists(path) else 'nothing was written there'
+            raise WriteError(f'{path}: cannot be written ({e.strerror or e}); {previous}') from e
         raise
 
 

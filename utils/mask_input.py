@@ -2,9 +2,10 @@
 
 Kinds of mask files:
 - palette PNG: the palette indexes are the object ids (255 is DAVIS "void", read as background);
-- one channel (or RGB with equal channels): if any value is >= 128 it is a greyscale/binary
-  mask of one object (pixels > 127, so antialiased edges split evenly); otherwise each non-zero
-  value is an object id;
+- one channel (or RGB with equal channels): when every non-zero value is below 128, or below
+  128 and 255 (DAVIS "void", read as background), each non-zero value below 128 is an object id;
+  otherwise it is a greyscale/binary mask of one object (pixels > 127, so antialiased edges
+  split evenly);
 - RGB colour mask: black is the background and each main colour an object. Main colours are
   those with at least MIN_CORE_PIXELS pixels whose 4 neighbours have the same colour (blended
   antialiasing or resizing edges are one pixel wide, so they have none); every other pixel
@@ -15,6 +16,7 @@ can be written with the user's numbering.
 """
 import argparse
 import logging
+import os
 import re
 from typing import Dict, Hashable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -22,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from utils.io import PALETTE, DataError
+from utils.io import PALETTE, DataError, require_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +63,15 @@ class _Object(NamedTuple):
 
 
 def _single_channel(values: np.ndarray) -> Tuple[np.ndarray, List[_Object]]:
-    """Greyscale/binary (one object) or an id map (values < 128), as (index map, objects)."""
+    """Greyscale/binary (one object) or an id map (values < 128, with 255 as void), as (index
+    map, objects)."""
     top = int(values.max())
     if top == 0:
         return np.zeros(values.shape, np.int32), []
+    others = values[(values != 0) & (values != VOID_ID)]
+    if top == VOID_ID and others.size and others.max() < 128:      # an id mask with void
+        values = np.where(values == VOID_ID, 0, values)
+        top = int(others.max())
     half = 128 if top <= 255 else 32768
     if top >= half:
         return (values >= half).astype(np.int32), [_Object(1, 1, tuple(PALETTE[1].tolist()))]
@@ -142,6 +149,10 @@ def _colour(path: str, rgb: np.ndarray, max_objects: int) -> Tuple[np.ndarray, L
 def _decode(path: str, max_objects: int) -> Tuple[np.ndarray, List[_Object]]:
     """A mask file as (H, W) int32 map (0 background, i + 1 for objects[i]) and its objects."""
     try:
+        require_regular_file(path, 'mask file')
+    except DataError as e:
+        raise MaskError(str(e)) from e
+    try:
         with Image.open(path) as image:
             image.load()
             if image.mode == 'P':
@@ -169,7 +180,8 @@ def _fit(path: str, index_map: np.ndarray, size: Optional[Tuple[int, int]], resi
     height, width = index_map.shape
     if not resize:
         raise MaskError(f'{path}: the mask is {height}x{width} (HxW) but the video frames are '
-                        f'{size[0]}x{size[1]}; give a mask of the frame size or allow resizing')
+                        f'{size[0]}x{size[1]}; give a mask of the frame size, or pass --resize-mask '
+                        f'(resize=True from Python) to resize it')
     if abs(height / width - size[0] / size[1]) > 0.01 * size[0] / size[1]:
         logger.warning('%s: resizing a %dx%d mask to %dx%d changes its aspect ratio',
                        path, height, width, size[0], size[1])
@@ -211,6 +223,13 @@ def parse_mask_spec(text: str) -> Tuple[int, str]:
     if match is None:
         if not text:
             raise argparse.ArgumentTypeError('empty mask argument; expected FILE or FRAME:FILE')
+        frame = re.match(r'([^:/\\]*):(?![/\\])', text)     # not a drive letter as in C:/masks
+        if frame is not None and not os.path.exists(text):
+            number = frame.group(1)
+            problem = ('frame numbers start at 0' if re.fullmatch(r'-\d+', number)
+                       else f'{number!r} is not a frame number')
+            raise argparse.ArgumentTypeError(f'{text!r}: {problem}; expected FILE or FRAME:FILE with '
+                                             f'FRAME 0, 1, 2, ... (a file named so can be given as ./{text})')
         return 0, text
     if not match.group(2):
         raise argparse.ArgumentTypeError(f'{text!r}: no file after the frame number; expected FRAME:FILE')

@@ -7,14 +7,14 @@ import logging
 import os
 import queue
 import re
-import tempfile
+import stat
 import threading
 from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 
-from utils.io import DataError, read_frame
+from utils.io import DataError, file_mode, read_frame, temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,9 @@ def open_frames(source: str, fps: Optional[float] = None) -> FrameSource:
         raise VideoIOError(f'{source}: no such video file or frame folder')
     if os.path.isdir(source):
         return FolderFrames(source, fps)
+    if not stat.S_ISREG(os.stat(source).st_mode):
+        raise VideoIOError(f'{source}: not a regular file (a pipe, socket or device); give a video file '
+                           f'or a folder of frames')
     if source.lower().endswith(IMAGE_EXTENSIONS):
         raise VideoIOError(f'{source}: is a single image; give the folder that holds the frames, '
                            f'or a video file')
@@ -229,6 +232,15 @@ class PrefetchReader:
         self.close()
 
 
+def _frame_count(path: str) -> int:
+    """The frame count a video file's header announces (0 when it cannot be opened)."""
+    capture = cv2.VideoCapture(path)
+    try:
+        return max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
 class VideoWriter:
     """Writes RGB frames to an mp4 (cv2 'mp4v'), or an MJPG .avi when mp4 cannot be opened.
 
@@ -249,11 +261,7 @@ class VideoWriter:
             self._open()
 
     def _try_codec(self, codec: str, path: str) -> bool:
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        stem, extension = os.path.splitext(os.path.basename(path))
-        handle, temporary = tempfile.mkstemp(prefix=f'.{stem}.', suffix=f'.part{extension}', dir=folder)
-        os.close(handle)
+        temporary = temporary_path(path)
         height, width = self.size
         writer = cv2.VideoWriter(temporary, cv2.VideoWriter_fourcc(*codec), self.fps, (width, height))
         if writer.isOpened():
@@ -289,13 +297,22 @@ class VideoWriter:
         self.frames_written += 1
 
     def close(self) -> None:
-        """Finish the file and move it to its final name."""
+        """Finish the file and move it to its final name (with the umask's mode), once it reads
+        back with every frame; otherwise (a full disk, a write error) drop it and raise
+        VideoIOError."""
         if self._writer is None:
             if self.frames_written == 0:
                 logger.warning('%s: no frames were written, no video created', self.path)
             return
         self._writer.release()
         self._writer = None
+        readable = _frame_count(self._temporary)
+        if readable < self.frames_written:
+            self.discard()
+            raise VideoIOError(f'{self.path}: the video could not be written completely (full disk or '
+                               f'write error: {readable} of {self.frames_written} frames read back); '
+                               f'it was not created')
+        os.chmod(self._temporary, file_mode())
         os.replace(self._temporary, self.path)
         self._temporary = None
 

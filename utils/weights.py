@@ -2,7 +2,9 @@
 
 The cache folder is $RMNET_CACHE, or ~/.cache/rmnet. Downloads go to <file>.part and resume
 from there (HTTP Range) after an interruption. No checksums were published, so the size and
-sha256 of the first good copy are recorded in <file>.json and compared on later uses.
+sha256 of the first copy that loads as an RMNet checkpoint are recorded in <file>.json and
+compared on later uses. A file that differs from its record is refused: when it does not load the
+message says how to fetch it again, when it loads only the record is to be removed.
 """
 import hashlib
 import http.client
@@ -16,7 +18,7 @@ from typing import Dict, Optional, Tuple
 
 from tqdm import tqdm
 
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, NETWORK_KEYS, read_checkpoint, require_state_dict
 from utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -145,35 +147,61 @@ def download(url: str, path: str, name: str = 'published', progress: bool = True
 
 def sha256_of(path: str) -> str:
     """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
     with open(path, 'rb') as f:
-        return hashlib.file_digest(f, 'sha256').hexdigest()
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _require_rmnet_checkpoint(path: str, url: str) -> None:
+    """A WeightsError unless `path` loads as a checkpoint holding both networks' state dicts."""
+    try:
+        checkpoint = read_checkpoint(path)
+        for key in NETWORK_KEYS:
+            if key not in checkpoint:
+                raise CheckpointError(f'{path}: has no {key!r} state dict')
+            require_state_dict(checkpoint[key], f'{path} [{key}]')
+    except CheckpointError as e:
+        name = os.path.basename(path)
+        raise WeightsError(f'{e}. It is not a usable copy of {name}: replace it with a complete '
+                           f'download of {url or name} (or delete it to download again)') from e
+
+
+def _record(path: str, record_path: str, url: str) -> None:
+    size = os.path.getsize(path)
+    record = {'file': os.path.basename(path), 'size': size, 'sha256': sha256_of(path), 'url': url}
+    atomic_write(record_path, lambda temporary: _write_json(temporary, record))
+    logger.info('%s: recorded size %d and sha256 %s in %s', path, size, record['sha256'], record_path)
 
 
 def check_record(path: str, url: str = '') -> None:
-    """Compare `path` with its size/sha256 record <path>.json, or make the record if there is none."""
+    """Compare `path` with its size/sha256 record <path>.json; make the record, if there is none,
+    once the file loads as an RMNet checkpoint."""
     record_path = path + '.json'
     size = os.path.getsize(path)
     if not os.path.isfile(record_path):
-        if not _looks_like_checkpoint(path):
-            raise WeightsError(f'{path}: not a PyTorch checkpoint; delete it and run again to download it')
-        record = {'file': os.path.basename(path), 'size': size, 'sha256': sha256_of(path), 'url': url}
-        atomic_write(record_path, lambda temporary: _write_json(temporary, record))
-        logger.info('%s: recorded size %d and sha256 %s in %s', path, size, record['sha256'], record_path)
+        _require_rmnet_checkpoint(path, url)
+        _record(path, record_path, url)
         return
     try:
         with open(record_path) as f:
             record = json.load(f)
         expected_size, expected_sha = int(record['size']), str(record['sha256'])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise WeightsError(f'{record_path}: unreadable record of {path} ({e}); delete both files '
-                           f'and run again to download the weights afresh') from e
+        _require_rmnet_checkpoint(path, url)
+        logger.warning('%s: unreadable record of %s (%s), but the file loads as an RMNet checkpoint: '
+                       'recording it afresh', record_path, path, e)
+        _record(path, record_path, url)
+        return
     found = (size, sha256_of(path)) if size == expected_size else (size, None)
     if found != (expected_size, expected_sha):
         what = (f'sha256 {found[1]}, recorded {expected_sha}' if found[1] is not None
                 else f'size {size} bytes, recorded {expected_size}')
-        raise WeightsError(f'{path}: {what} at its first download ({record_path}); the file is damaged '
-                           f'or was replaced. Delete {path} and {record_path} and run again to download '
-                           f'it afresh.')
+        _require_rmnet_checkpoint(path, url)
+        raise WeightsError(f'{path}: {what} at its first use ({record_path}), but it loads as an RMNet '
+                           f'checkpoint: it was replaced or changed since. If you replaced it on purpose, '
+                           f'delete the record {record_path} (the weights file is kept) and run again.')
 
 
 def _write_json(path: str, content: dict) -> None:

@@ -1,0 +1,148 @@
+"""Checks that keep results away from the data they come from and from earlier results.
+
+- An output folder must not be, contain or lie inside a configured dataset folder
+  (every ROOT, *_ROOT, IMAGE_DIR, MASK_DIR of cfg.DATASETS), so ground truth is never overwritten.
+- Names read from split files and meta.json become path components: they must be plain names.
+- A user's video writes into a fresh or empty folder, or, with overwrite, replaces only the
+  outputs of an earlier run there (USER_VIDEO_OUTPUTS).
+- Temporary files left by a killed process (utils.io.TEMPORARY_PREFIX) are removed at the next
+  start.
+"""
+import contextlib
+import logging
+import os
+import re
+import shutil
+from typing import Dict, Iterator, List, Sequence
+
+from utils.io import TEMPORARY_PREFIX, DataError
+
+logger = logging.getLogger(__name__)
+
+DATASET_FOLDER_KEYS = re.compile(r'(.*_)?ROOT|IMAGE_DIR|MASK_DIR')
+USER_VIDEO_OUTPUTS = ('masks', 'binary', 'overlay.mp4', 'overlay.avi')
+_TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r'(\d+)-')
+
+
+def dataset_folders(cfg) -> Dict[str, str]:
+    """Every configured dataset folder, as cfg key -> absolute path (symbolic links resolved)."""
+    folders = {}
+    for dataset, options in cfg.DATASETS.items():
+        for key, value in options.items():
+            if DATASET_FOLDER_KEYS.fullmatch(key) and isinstance(value, str) and value:
+                folders[f'cfg.DATASETS.{dataset}.{key}'] = _resolved(value)
+    return folders
+
+
+def _resolved(path: str) -> str:
+    return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output_folder(cfg, out_dir: str) -> str:
+    """`out_dir`, refused when it is, contains or lies inside a configured dataset folder."""
+    target = _resolved(out_dir)
+    for key, folder in dataset_folders(cfg).items():
+        if target == folder:
+            relation = 'is'
+        elif _inside(target, folder):
+            relation = 'lies inside'
+        elif _inside(folder, target):
+            relation = 'contains'
+        else:
+            continue
+        raise DataError(f'{out_dir}: the output folder {relation} the dataset folder {folder} ({key}); '
+                        f'writing there could overwrite the dataset. Choose another --output')
+    return out_dir
+
+
+def check_name(name: str, source: str, what: str = 'sequence name') -> str:
+    """`name` when it is a plain file or folder name (a string; no '/', '\\', '..', not absolute)."""
+    plain = (isinstance(name, str) and name not in ('', '.', '..') and not os.path.isabs(name)
+             and not any(character in name for character in '/\\\0'))
+    if not plain:
+        raise DataError(f'{source}: {what} {name!r} is not a plain name (no "/", "\\", "..", '
+                        f'absolute path or empty name); results are only written inside the output folder')
+    return name
+
+
+def check_names(names: Sequence[str], source: str, what: str = 'sequence name') -> List[str]:
+    return [check_name(name, source, what) for name in names]
+
+
+def check_user_video_output(out_dir: str, overwrite: bool, inputs: Sequence[str] = ()) -> None:
+    """A user's video writes USER_VIDEO_OUTPUTS into `out_dir`: refuse a non-empty folder unless
+    `overwrite`, and inputs (the video, the mask files) that lie among those outputs."""
+    for path in inputs:
+        for output in _user_video_outputs(out_dir):
+            if _inside(_resolved(path), _resolved(output)):
+                raise DataError(f'{path}: this input lies in {output}, which the run replaces; copy it '
+                                f'elsewhere or choose another --output')
+    entries = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    if entries and not overwrite:
+        shown = ', '.join(entries[:5]) + (f' and {len(entries) - 5} more' if len(entries) > 5 else '')
+        raise DataError(f'{out_dir}: the output folder is not empty (it holds {shown}); choose a new '
+                        f'--output, or pass --overwrite to replace an earlier run\'s masks/, binary/ '
+                        f'and overlay.mp4 there')
+
+
+def clear_user_video_outputs(out_dir: str) -> None:
+    """Remove an earlier run's USER_VIDEO_OUTPUTS from `out_dir` (nothing else)."""
+    for output in _user_video_outputs(out_dir):
+        if os.path.isdir(output) and not os.path.islink(output):
+            shutil.rmtree(output)
+        elif os.path.lexists(output):
+            os.remove(output)
+        else:
+            continue
+        logger.info('--overwrite: removed %s', output)
+
+
+def _user_video_outputs(out_dir: str) -> List[str]:
+    return [os.path.join(out_dir, name) for name in USER_VIDEO_OUTPUTS]
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: str) -> Iterator[None]:
+    """Run the block; if it fails and `folder`, absent before, is still empty, remove it."""
+    existed = os.path.isdir(folder)
+    try:
+        yield
+    except BaseException:
+        if not existed and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> List[str]:
+    """Delete the temporary files under `folder` whose writing process no longer runs (a kill -9
+    or a power cut); return their paths."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            match = _TEMPORARY.match(name)
+            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+                path = os.path.join(parent, name)
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    if removed:
+        logger.info('removed %d temporary file(s) an interrupted run left in %s', len(removed), folder)
+    return removed
