@@ -3,8 +3,8 @@
 Python API (streaming: frames are consumed and masks produced one at a time):
 
     from core.inference import VideoSegmenter
-    segmenter = VideoSegmenter('RMNet-DAVIS.pth', device='cuda')
-    segmenter.add_object(30, mask_of_an_object_appearing_at_frame_30)   # optional
+    segmenter = VideoSegmenter('RMNet-DAVIS.pth', device='cuda')    # cfg: config.cfg unless given
+    segmenter.add_object(30, mask_of_an_object_appearing_at_frame_30, object_id=3)   # optional
     for ids in segmenter.segment(frames, first_mask):
         ...
 
@@ -26,15 +26,17 @@ import zipfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from core.segmenter import VideoSegmenter
+import config
+from core.segmenter import VideoSegmenter as CoreSegmenter
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
-from core.streaming import (SegmenterSource, experiment_dir, new_segmenter, prepare_output_dir,
-                            register_later_objects, segment_stream)
+from core.streaming import experiment_dir, new_segmenter, prepare_output_dir, segment_stream
 from datasets.video import Video
 from utils.io import DataError, atomic_write, write_image, write_palette_mask
-from utils.mask_input import GivenMasks, MaskError, parse_mask_spec, read_given_masks, to_user_ids
+from models.object_manager import NoNewObject, ObjectManager
+from utils.mask_input import GivenMasks, MaskError, parse_mask_spec, read_given_masks
 from utils.video_io import FOLDER_FPS, FrameSource, PrefetchReader, VideoWriter, open_frames
 from utils.visualization import overlay
 from utils.weights import resolve_weights
@@ -46,20 +48,29 @@ logger = logging.getLogger(__name__)
 MaskSpec = Union[str, Tuple[int, str]]
 
 
+class VideoSegmenter(CoreSegmenter):
+    """core.segmenter.VideoSegmenter for the Python API: `cfg` defaults to config.cfg (the
+    only place where library code falls back to the global configuration)."""
+
+    def __init__(self, weights: Optional[str] = None, device: Union[str, torch.device, None] = None,
+                 cfg=None, **networks: Any):
+        super().__init__(weights, device, config.cfg if cfg is None else cfg, **networks)
+
+
 def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[str] = None,
                   out_dir: Optional[str] = None, short_side: Optional[int] = None) -> str:
     """Write the benchmark result files of a split (see the module docstring); return the zip's path."""
     dataset, split = resolve_split(cfg, dataset, split)
     videos = benchmark_videos(cfg, dataset, split)
     out_dir = prepare_output_dir(out_dir or experiment_dir(cfg))
-    segmenters = SegmenterSource(resolve_weights(weights), cfg, short_side)
+    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
     results_dir = 'Annotations' if dataset.startswith('YOUTUBE_VOS') else ''
     logger.info('Segmenting %d videos of %s %s into %s', len(videos), dataset, split, out_dir)
     members: List[str] = []
     bar = tqdm(videos, desc=f'{dataset} {split}', unit='video')
     for video in bar:
         start = time.perf_counter()
-        members += _write_results(segmenters, video, out_dir, results_dir, bool(cfg.TEST.VISUALIZE))
+        members += _write_results(segmenter, video, out_dir, results_dir, bool(cfg.TEST.VISUALIZE))
         bar.set_postfix(video=video.name, fps=f'{len(video) / max(time.perf_counter() - start, 1e-9):.1f}')
     zip_path = os.path.join(out_dir, f'{split}.zip')
     atomic_write(zip_path, lambda temporary: _write_zip(temporary, out_dir, members))
@@ -67,14 +78,14 @@ def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optio
     return zip_path
 
 
-def _write_results(segmenters: SegmenterSource, video: Video, out_dir: str, results_dir: str,
+def _write_results(segmenter: CoreSegmenter, video: Video, out_dir: str, results_dir: str,
                    visualize: bool) -> List[str]:
     """Write one video's masks; return their paths relative to out_dir."""
     wanted = set(output_frames(video))
     written = []
     writer = VideoWriter(os.path.join(out_dir, 'overlay', f'{video.name}.mp4'), FOLDER_FPS) if visualize else None
     try:
-        for t, (frame, ids) in enumerate(stream_video(segmenters, video)):
+        for t, (frame, ids) in enumerate(stream_video(segmenter, video)):
             if writer is not None:
                 writer.write(overlay(frame, ids))
             if t in wanted:
@@ -107,11 +118,11 @@ def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str 
     given = read_given_masks(specs, size=source.size, resize=resize_mask,
                              max_objects=int(cfg.TEST.N_MAX_OBJECTS))
     _check_mask_frames(specs, given, source)
+    objects = _user_objects(cfg, given, dict(specs))
     segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
-    register_later_objects(segmenter, _later_objects(given, dict(specs)))
     logger.info('%s: %s frames of %dx%d, %d object(s) (ids %s)', source.path, len(source),
                 source.size[1], source.size[0], given.n_objects, ', '.join(map(str, given.labels)))
-    summary = _write_user_outputs(segmenter, source, given, out_dir, binary)
+    summary = _write_user_outputs(segmenter, source, given, objects, out_dir, binary)
     where = f'masks in {summary["masks"]}, overlay {summary["overlay"]}'
     if binary:
         where += f', binary masks in {summary["binary"]}'
@@ -130,33 +141,34 @@ def _check_mask_frames(specs: Sequence[Tuple[int, str]], given: GivenMasks, sour
                             f'frames (0..{len(source) - 1})')
 
 
-def _later_objects(given: GivenMasks, paths: Dict[int, str]) -> Dict[int, np.ndarray]:
-    """Per later frame, the mask of the objects that first appear there."""
-    later = {}
-    for frame, mask in given.masks.items():
+def _user_objects(cfg, given: GivenMasks, paths: Dict[int, str]) -> ObjectManager:
+    """The objects of the first mask and, per later mask, those that first appear there."""
+    objects = ObjectManager.from_cfg(given.masks[0], cfg)
+    for frame in sorted(given.masks):
         if frame == 0:
             continue
-        new = [k for k in range(1, given.n_objects + 1) if given.first_frames[k - 1] == frame]
-        known = sorted(set(np.unique(mask).tolist()) - {0} - set(new))
+        mask = given.masks[frame]
+        try:
+            added = objects.add(frame, mask)
+        except NoNewObject:
+            added = []
+        known = sorted(set(objects.ids_in(mask)) - set(added))
         if known:
             logger.warning('%s: object(s) %s already appeared earlier; only new objects are taken from '
-                           'a later mask', paths[frame], ', '.join(str(given.labels[k - 1]) for k in known))
-        if new:
-            later[frame] = np.where(np.isin(mask, new), mask, 0).astype(np.uint8)
-    return later
+                           'a later mask', paths[frame], ', '.join(map(str, known)))
+    return objects
 
 
-def _write_user_outputs(segmenter: VideoSegmenter, source: FrameSource, given: GivenMasks, out_dir: str,
-                        binary: bool) -> Dict[str, Any]:
+def _write_user_outputs(segmenter: CoreSegmenter, source: FrameSource, given: GivenMasks,
+                        objects: ObjectManager, out_dir: str, binary: bool) -> Dict[str, Any]:
     masks_dir = os.path.join(out_dir, 'masks')
     binary_dir = os.path.join(out_dir, 'binary')
     writer = VideoWriter(os.path.join(out_dir, 'overlay.mp4'), source.fps, source.size)
     n_frames, start = 0, time.perf_counter()
     try:
         with PrefetchReader(source) as frames:
-            stream = segment_stream(segmenter, frames, given.masks[0])
-            for t, (frame, ids) in enumerate(tqdm(stream, total=len(source), desc='Segmenting', unit='frame')):
-                user_ids = to_user_ids(ids, given.labels)
+            stream = segment_stream(segmenter, frames, objects)
+            for t, (frame, user_ids) in enumerate(tqdm(stream, total=len(source), desc='Segmenting', unit='frame')):
                 write_palette_mask(os.path.join(masks_dir, f'{t:05d}.png'), user_ids)
                 writer.write(overlay(frame, user_ids))
                 if binary:

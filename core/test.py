@@ -16,7 +16,8 @@ from tqdm import tqdm
 from core.distributed import broadcast_object, gather_objects, setup_distributed
 from core.scoring import ScoreJob, Scorer
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
-from core.streaming import SegmenterSource, experiment_dir, prepare_output_dir
+from core.segmenter import VideoSegmenter
+from core.streaming import experiment_dir, new_segmenter, prepare_output_dir
 from datasets.video import Video
 from utils.evaluate import format_table, summarise, write_csvs
 from utils.io import write_image, write_palette_mask
@@ -35,7 +36,7 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     all_videos = benchmark_videos(cfg, dataset, split)
     videos = all_videos[shard.rank::shard.world_size]
     out_dir = prepare_output_dir(broadcast_object(shard, out_dir or experiment_dir(cfg)))
-    segmenters = SegmenterSource(resolve_weights(weights), cfg, short_side)
+    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
     with_truth = sum(bool(video.ground_truth) for video in all_videos)
     if not with_truth:
         logger.info('%s %s has no public ground truth: writing the masks only', dataset, split)
@@ -44,7 +45,7 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     with Scorer(int(cfg.TEST.EVAL_WORKERS) if with_truth else 1) as scorer:
         bar = tqdm(videos, desc=f'{dataset} {split}', unit='video', disable=not shard.is_main)
         for video in bar:
-            fps = _segment_and_write(segmenters, video, out_dir, bool(cfg.TEST.VISUALIZE))
+            fps = _segment_and_write(segmenter, video, out_dir, bool(cfg.TEST.VISUALIZE))
             bar.set_postfix(video=video.name, fps=f'{fps:.1f}')
             if video.ground_truth:
                 scorer.submit(_score_job(video, out_dir, bool(cfg.TEST.EXCLUDE_VOID)))
@@ -63,11 +64,11 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     return summarise(records)
 
 
-def _segment_and_write(segmenters: SegmenterSource, video: Video, out_dir: str, visualize: bool) -> float:
+def _segment_and_write(segmenter: VideoSegmenter, video: Video, out_dir: str, visualize: bool) -> float:
     """Write the masks of the listed frames and of every ground-truth frame; return frames/s."""
     wanted = set(output_frames(video)) | set(video.ground_truth)
     start, n_frames = time.perf_counter(), 0
-    for t, (frame, ids) in enumerate(stream_video(segmenters, video)):
+    for t, (frame, ids) in enumerate(stream_video(segmenter, video)):
         n_frames = t + 1
         if t not in wanted:
             continue

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from config import cfg
 from conftest import LAYOUT, require_shared
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
@@ -45,7 +46,7 @@ def test_mismatches_are_named():
 
 
 def test_save_round_trip_is_published_format(tmp_path):
-    tflownet, rmnet = TinyFlowNet(), RMNet()
+    tflownet, rmnet = TinyFlowNet(), RMNet(cfg)
     path = str(tmp_path / 'ckpt.pth')
     save_checkpoint(path, published_checkpoint(tflownet, rmnet, epoch_index=3,
                                                best_metrics={'J-Mean': 0.5, 'F-Mean': 0.6, 'JF-Mean': 0.55}))
@@ -82,7 +83,7 @@ def test_truncated_and_foreign_files(tmp_path):
     with pytest.raises(CheckpointError, match='truncated.pth: not a readable PyTorch checkpoint'):
         read_checkpoint(str(truncated))
     with pytest.raises(CheckpointError, match=r'\[rmnet\] does not fit RMNet'):
-        load_networks(path, rmnet=RMNet())
+        load_networks(path, rmnet=RMNet(cfg))
     with pytest.raises(CheckpointError, match='not found'):
         read_checkpoint(str(tmp_path / 'missing.pth'))
     plain = tmp_path / 'plain.pth'

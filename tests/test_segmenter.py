@@ -19,7 +19,7 @@ from utils.metrics import boundary_f, region_similarity
 
 @pytest.fixture(scope='module')
 def networks(synth_checkpoint):
-    tflownet, rmnet = TinyFlowNet(), RMNet()
+    tflownet, rmnet = TinyFlowNet(), RMNet(default_cfg)
     load_networks(synth_checkpoint, tflownet=tflownet, rmnet=rmnet)
     return tflownet, rmnet
 
@@ -127,7 +127,7 @@ def test_bf16_agrees_with_fp32_on_real_clips():
     weights = os.environ.get('RMNET_TRAINED_WEIGHTS')
     if not weights:
         pytest.skip('needs trained weights (RMNET_TRAINED_WEIGHTS): untrained networks give near-ties')
-    networks = TinyFlowNet(), RMNet()
+    networks = TinyFlowNet(), RMNet(default_cfg)
     load_networks(weights, tflownet=networks[0], rmnet=networks[1])
     for clip_frames, mask in real_clips():
         fp32 = list(segmenter(networks, 'cuda', PRECISION='fp32').segment(clip_frames, mask))
