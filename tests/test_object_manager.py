@@ -74,7 +74,7 @@ def test_bad_first_masks_and_too_many_objects():
     with pytest.raises(SegmentationError, match='2 objects, but TEST.N_MAX_OBJECTS is 1'):
         ObjectManager(first_mask(), void_id=200, max_objects=1)
     objects = manager(max_objects=2)
-    with pytest.raises(SegmentationError, match='3 objects'):
+    with pytest.raises(SegmentationError, match='number of objects to 3, but TEST.N_MAX_OBJECTS is 2'):
         objects.add(1, later, 3)
     assert objects.ids == [4, 9] and not objects.given        # nothing half-added
     with pytest.raises(SegmentationError, match='frames after the first'):
