@@ -22,23 +22,21 @@ A user's video (segment_user_video):
 import logging
 import os
 import time
-import zipfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 import config
 from core.segmenter import VideoSegmenter as CoreSegmenter
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
+from core.results import VideoResults, write_zip
 from core.streaming import experiment_dir, new_segmenter, prepare_output_dir, segment_stream
 from datasets.video import Video
-from utils.io import DataError, atomic_write, write_image, write_palette_mask
+from utils.io import DataError, atomic_write
 from models.object_manager import NoNewObject, ObjectManager
 from utils.mask_input import GivenMasks, MaskError, parse_mask_spec, read_given_masks
 from utils.video_io import FOLDER_FPS, FrameSource, PrefetchReader, VideoWriter, open_frames
-from utils.visualization import overlay
 from utils.weights import resolve_weights
 
 __all__ = ['VideoSegmenter', 'inference_net', 'segment_user_video']
@@ -73,7 +71,7 @@ def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optio
         members += _write_results(segmenter, video, out_dir, results_dir, bool(cfg.TEST.VISUALIZE))
         bar.set_postfix(video=video.name, fps=f'{len(video) / max(time.perf_counter() - start, 1e-9):.1f}')
     zip_path = os.path.join(out_dir, f'{split}.zip')
-    atomic_write(zip_path, lambda temporary: _write_zip(temporary, out_dir, members))
+    atomic_write(zip_path, lambda temporary: write_zip(temporary, out_dir, members))
     logger.info('Results in %s; submission archive %s (%d masks)', out_dir, zip_path, len(members))
     return zip_path
 
@@ -81,29 +79,13 @@ def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optio
 def _write_results(segmenter: CoreSegmenter, video: Video, out_dir: str, results_dir: str,
                    visualize: bool) -> List[str]:
     """Write one video's masks; return their paths relative to out_dir."""
-    wanted = set(output_frames(video))
-    written = []
-    writer = VideoWriter(os.path.join(out_dir, 'overlay', f'{video.name}.mp4'), FOLDER_FPS) if visualize else None
-    try:
+    overlay_video = (VideoWriter(os.path.join(out_dir, 'overlay', f'{video.name}.mp4'), FOLDER_FPS)
+                     if visualize else None)
+    with VideoResults(os.path.join(out_dir, results_dir, video.name), video.output_names,
+                      output_frames(video), overlay_video=overlay_video) as results:
         for t, (frame, ids) in enumerate(stream_video(segmenter, video)):
-            if writer is not None:
-                writer.write(overlay(frame, ids))
-            if t in wanted:
-                relative = os.path.join(results_dir, video.name, f'{video.output_names[t]}.png')
-                write_palette_mask(os.path.join(out_dir, relative), ids)
-                written.append(relative)
-    finally:
-        if writer is not None and writer.frames_written:
-            writer.close()
-        elif writer is not None:
-            writer.discard()
-    return written
-
-
-def _write_zip(path: str, root: str, members: Sequence[str]) -> None:
-    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as archive:
-        for member in sorted(members):
-            archive.write(os.path.join(root, member), member.replace(os.sep, '/'))
+            results.write(t, frame, ids)
+    return [os.path.relpath(path, out_dir) for path in results.mask_paths]
 
 
 def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str = 'davis',
@@ -164,27 +146,19 @@ def _write_user_outputs(segmenter: CoreSegmenter, source: FrameSource, given: Gi
     masks_dir = os.path.join(out_dir, 'masks')
     binary_dir = os.path.join(out_dir, 'binary')
     writer = VideoWriter(os.path.join(out_dir, 'overlay.mp4'), source.fps, source.size)
-    n_frames, start = 0, time.perf_counter()
+    start = time.perf_counter()
+    results = VideoResults(masks_dir, overlay_video=writer, binary_dir=binary_dir if binary else None,
+                           object_ids=given.labels)
     try:
-        with PrefetchReader(source) as frames:
+        with results, PrefetchReader(source) as frames:
             stream = segment_stream(segmenter, frames, objects)
-            for t, (frame, user_ids) in enumerate(tqdm(stream, total=len(source), desc='Segmenting', unit='frame')):
-                write_palette_mask(os.path.join(masks_dir, f'{t:05d}.png'), user_ids)
-                writer.write(overlay(frame, user_ids))
-                if binary:
-                    for label in given.labels:
-                        write_image(os.path.join(binary_dir, str(label), f'{t:05d}.png'),
-                                    np.where(user_ids == label, 255, 0).astype(np.uint8))
-                n_frames = t + 1
+            for t, (frame, ids) in enumerate(tqdm(stream, total=len(source), desc='Segmenting', unit='frame')):
+                results.write(t, frame, ids)
     except DataError as e:
-        kept = (f'the masks of frames 0..{n_frames - 1} are kept in {masks_dir} and their overlay in '
-                f'{writer.path}' if n_frames else 'no mask was written')
+        kept = (f'the masks of frames 0..{results.n_frames - 1} are kept in {masks_dir} and their overlay in '
+                f'{writer.path}' if results.n_frames else 'no mask was written')
         raise DataError(f'{e}; {kept}') from e
-    finally:
-        if n_frames:
-            writer.close()
-        else:
-            writer.discard()
+    n_frames = results.n_frames
     unreached = [frame for frame in given.masks if frame >= n_frames]
     if unreached:
         logger.warning('%s ended after %d frames: the masks given for frame(s) %s were not used',

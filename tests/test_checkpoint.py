@@ -25,11 +25,11 @@ def layout_state(name):
 def test_published_layout_loads_strictly(name, network):
     state = layout_state(name)
     assert all(k.startswith('module.') for k in state)
-    net = network()
+    net = network(cfg)
     load_state_strict(net, state)
     key = next(k for k in state if k.endswith('conv1.0.weight') or k.endswith('decoder.pred2.weight'))
     assert torch.equal(net.state_dict()[key[len('module.'):]], state[key])
-    load_state_strict(network(), {k[len('module.'):]: v for k, v in state.items()})
+    load_state_strict(network(cfg), {k[len('module.'):]: v for k, v in state.items()})
 
 
 def test_mismatches_are_named():

@@ -53,6 +53,27 @@ def test_regional_read_matches_the_published_dense_path(networks, published_clip
     assert (fast.argmax(1) == dense.argmax(1)).float().mean() >= 0.999
 
 
+def assert_matches_published_tta(probs, expected):
+    """The tolerances of shared/fixtures/published_outputs/README.md."""
+    difference = np.abs(probs[:, :3] - expected).max(axis=(1, 2, 3))
+    assert difference[:5].max() < 1e-3, difference
+    assert difference.max() < 1e-2, difference
+    top_two = np.sort(expected, axis=1)[:, -2:]
+    decided = top_two[:, 1] - top_two[:, 0] > 1e-2
+    agreement = (probs.argmax(axis=1) == expected.argmax(axis=1))[decided].mean()
+    assert agreement >= 0.9999, agreement
+
+
+@pytest.mark.parametrize('flip', [False, True])
+def test_test_time_augmentation_matches_the_published_code(networks, published_clip, flip):
+    frames, first_mask = published_clip
+    expected = np.load(os.path.join(PUBLISHED, 'expected_tta.npz'))['probs_scales_flip' if flip else 'probs_scales']
+    seg = segmenter(networks, REGIONAL_READ=False, FRAME_SCALES=[0.75, 1.0, 1.25], FLIP_LR=flip)
+    probs = probabilities(seg, frames, first_mask).numpy()
+    assert probs.shape == (8, 11, 150, 270)
+    assert_matches_published_tta(probs, expected)
+
+
 def test_masks_stream_with_the_given_ids(networks, published_clip):
     frames, first_mask = published_clip
     ids = np.where(first_mask == 2, 9, np.where(first_mask == 1, 4, 0)).astype(np.uint8)
