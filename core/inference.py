@@ -35,6 +35,8 @@ from core.streaming import experiment_dir, new_segmenter, prepare_output_dir, se
 from datasets.video import Video
 from utils.io import DataError, atomic_write
 from models.object_manager import NoNewObject, ObjectManager
+from models.rmnet import RMNet
+from models.tiny_flownet import TinyFlowNet
 from utils.mask_input import GivenMasks, MaskError, parse_mask_spec, read_given_masks
 from utils.video_io import FOLDER_FPS, FrameSource, PrefetchReader, VideoWriter, open_frames
 from utils.weights import resolve_weights
@@ -51,8 +53,9 @@ class VideoSegmenter(CoreSegmenter):
     only place where library code falls back to the global configuration)."""
 
     def __init__(self, weights: Optional[str] = None, device: Union[str, torch.device, None] = None,
-                 cfg=None, **networks: Any):
-        super().__init__(weights, device, config.cfg if cfg is None else cfg, **networks)
+                 cfg=None, tflownet: Optional[TinyFlowNet] = None, rmnet: Optional[RMNet] = None,
+                 short_side: Optional[int] = None):
+        super().__init__(weights, device, config.cfg if cfg is None else cfg, tflownet, rmnet, short_side)
 
 
 def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[str] = None,
