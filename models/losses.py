@@ -1,6 +1,6 @@
 """Training losses: Lovász-softmax + NLL for the masks (SPEC 5), L1 for TinyFlowNet.
 
-Label 255 (the affine fill, VOC void) is ignored by both mask losses. This is the intent of the
+The void label (cfg.CONST.IGNORE_IDX: the affine fill, VOC void) is ignored by both mask losses. This is the intent of the
 published code; its one-hot step turned those pixels into background by accident.
 """
 from typing import Optional, Sequence
@@ -8,7 +8,6 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
 PROB_EPS = 1e-7   # probabilities are clamped to at least this before the log
 
 
@@ -44,7 +43,7 @@ def _pixels(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int):
     return flat_probs[valid], flat_labels[valid]
 
 
-def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int,
                    per_image: bool = False) -> torch.Tensor:
     """Lovász-softmax loss (Berman et al. 2018) over the classes present in the labels.
 
@@ -58,8 +57,7 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     return torch.stack(losses).mean() if losses else probs.sum() * 0
 
 
-def nll_loss(probs: torch.Tensor, labels: torch.Tensor,
-             ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def nll_loss(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Mean negative log of the true class probability over non-ignored pixels (0 when none).
     probs (N, C, *), labels (N, *)."""
     probs = probs.float()
@@ -68,8 +66,8 @@ def nll_loss(probs: torch.Tensor, labels: torch.Tensor,
     return F.nll_loss(probs.clamp_min(PROB_EPS).log(), labels.long(), ignore_index=ignore_index)
 
 
-def segmentation_loss(probs: torch.Tensor, labels: torch.Tensor, frames: Sequence[int] = (1, 2),
-                      ignore_index: int = IGNORE_INDEX, per_image: bool = False) -> torch.Tensor:
+def segmentation_loss(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+                      frames: Sequence[int] = (1, 2), per_image: bool = False) -> torch.Tensor:
     """Lovász-softmax + NLL over the given frames of a clip (frame 0 is the given mask).
 
     probs (B, T, K, H, W) probabilities, labels (B, T, H, W) with `ignore_index` ignored. As

@@ -40,8 +40,8 @@ def random_probs(*shape, seed=0):
 def test_lovasz_of_a_perfect_prediction_is_zero():
     labels = torch.tensor([[[0, 1], [2, 1]]])
     probs = F.one_hot(labels, 4).permute(0, 3, 1, 2).float()
-    assert lovasz_softmax(probs, labels).item() == 0.0
-    assert lovasz_softmax(probs, labels, per_image=True).item() == 0.0
+    assert lovasz_softmax(probs, labels, IGNORE).item() == 0.0
+    assert lovasz_softmax(probs, labels, IGNORE, per_image=True).item() == 0.0
 
 
 def test_lovasz_by_hand_on_two_pixels():
@@ -49,7 +49,7 @@ def test_lovasz_by_hand_on_two_pixels():
     # class 0: errors (0.2 bg, 0.3 fg) -> weights 1, 0     -> 0.3   mean 0.275
     probs = torch.tensor([[0.2, 0.7], [0.8, 0.3]])[None]       # (1, C=2, P=2)
     labels = torch.tensor([[1, 0]])
-    assert lovasz_softmax(probs, labels).item() == pytest.approx(0.275)
+    assert lovasz_softmax(probs, labels, IGNORE).item() == pytest.approx(0.275)
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -57,7 +57,7 @@ def test_lovasz_matches_its_definition(seed):
     probs = random_probs(1, 3, 7, seed=seed)
     labels = torch.randint(0, 2, (1, 7), generator=torch.Generator().manual_seed(seed))
     expected = brute_force_lovasz(probs[0], labels[0].tolist())
-    assert lovasz_softmax(probs, labels).item() == pytest.approx(expected, abs=1e-6)
+    assert lovasz_softmax(probs, labels, IGNORE).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_lovasz_uses_present_classes_only():
@@ -65,16 +65,16 @@ def test_lovasz_uses_present_classes_only():
     labels = torch.randint(0, 2, (2, 4, 5), generator=torch.Generator().manual_seed(3))
     other = probs.clone()
     other[:, 2] = torch.rand(2, 4, 5)          # class 2 is absent: its channel does not count
-    assert lovasz_softmax(other, labels).item() == pytest.approx(
-        lovasz_softmax(probs, labels).item())
+    assert lovasz_softmax(other, labels, IGNORE).item() == pytest.approx(
+        lovasz_softmax(probs, labels, IGNORE).item())
 
 
 def test_per_image_is_the_mean_of_each_image():
     probs = random_probs(3, 4, 6, 6)
     labels = torch.randint(0, 4, (3, 6, 6), generator=torch.Generator().manual_seed(1))
     labels[2] = IGNORE                         # an image with no valid pixel is skipped
-    single = [lovasz_softmax(probs[i:i + 1], labels[i:i + 1]) for i in range(2)]
-    assert lovasz_softmax(probs, labels, per_image=True).item() == pytest.approx(
+    single = [lovasz_softmax(probs[i:i + 1], labels[i:i + 1], IGNORE) for i in range(2)]
+    assert lovasz_softmax(probs, labels, IGNORE, per_image=True).item() == pytest.approx(
         (single[0] + single[1]).item() / 2)
 
 
@@ -85,14 +85,14 @@ def test_ignored_pixels_change_nothing():
     changed = probs.clone()
     changed[0, :, :2] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
     for per_image in (False, True):
-        assert lovasz_softmax(changed, labels, per_image=per_image).item() == pytest.approx(
-            lovasz_softmax(probs, labels, per_image=per_image).item())
-    assert nll_loss(changed, labels).item() == pytest.approx(nll_loss(probs, labels).item())
+        assert lovasz_softmax(changed, labels, IGNORE, per_image=per_image).item() == pytest.approx(
+            lovasz_softmax(probs, labels, IGNORE, per_image=per_image).item())
+    assert nll_loss(changed, labels, IGNORE).item() == pytest.approx(nll_loss(probs, labels, IGNORE).item())
     # and the same as the loss of the valid pixels alone
     valid = labels != IGNORE
     flat_probs = probs.permute(1, 0, 2, 3)[:, valid][None]
-    assert lovasz_softmax(probs, labels).item() == pytest.approx(
-        lovasz_softmax(flat_probs, labels[valid][None]).item())
+    assert lovasz_softmax(probs, labels, IGNORE).item() == pytest.approx(
+        lovasz_softmax(flat_probs, labels[valid][None], IGNORE).item())
 
 
 def test_nll_equals_torch_with_ignore_index():
@@ -100,19 +100,19 @@ def test_nll_equals_torch_with_ignore_index():
     labels = torch.randint(0, 4, (2, 3, 3), generator=torch.Generator().manual_seed(4))
     labels[1, 0] = IGNORE
     expected = F.nll_loss(probs.log(), labels, ignore_index=IGNORE)
-    assert nll_loss(probs, labels).item() == pytest.approx(expected.item())
+    assert nll_loss(probs, labels, IGNORE).item() == pytest.approx(expected.item())
 
 
 def test_losses_are_finite_for_zero_probabilities_and_all_ignored_pixels():
     probs = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]], requires_grad=True)   # (1, C=2, P=2)
     labels = torch.tensor([[0, 1]])                      # every true class has probability 0
-    loss = nll_loss(probs, labels) + lovasz_softmax(probs, labels)
+    loss = nll_loss(probs, labels, IGNORE) + lovasz_softmax(probs, labels, IGNORE)
     loss.backward()
     assert loss.item() == pytest.approx(-math.log(PROB_EPS) + 1.0)
     assert torch.isfinite(probs.grad).all()
     ignored = torch.full((1, 2), IGNORE)
     for fn in (nll_loss, lovasz_softmax):
-        value = fn(probs, ignored)
+        value = fn(probs, ignored, IGNORE)
         value.backward()
         assert value.item() == 0.0
 
@@ -121,15 +121,15 @@ def test_segmentation_loss_uses_the_given_frames():
     probs = torch.softmax(torch.randn(2, 3, 4, 6, 6, generator=torch.Generator().manual_seed(5)), 2)
     labels = torch.randint(0, 4, (2, 3, 6, 6), generator=torch.Generator().manual_seed(6))
     labels[:, 1, :1] = IGNORE
-    loss = segmentation_loss(probs, labels)
+    loss = segmentation_loss(probs, labels, IGNORE)
     flat_probs, flat_labels = probs[:, 1:].flatten(0, 1), labels[:, 1:].flatten(0, 1)
-    expected = lovasz_softmax(flat_probs, flat_labels) + F.nll_loss(
+    expected = lovasz_softmax(flat_probs, flat_labels, IGNORE) + F.nll_loss(
         flat_probs.log(), flat_labels, ignore_index=IGNORE)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     changed = probs.clone()
     changed[:, 0] = 0.25                                # frame 0 (the given mask) is not scored
-    assert segmentation_loss(changed, labels).item() == pytest.approx(loss.item())
-    assert segmentation_loss(probs, labels, frames=(2,)).item() != pytest.approx(loss.item())
+    assert segmentation_loss(changed, labels, IGNORE).item() == pytest.approx(loss.item())
+    assert segmentation_loss(probs, labels, IGNORE, frames=(2,)).item() != pytest.approx(loss.item())
 
 
 def test_flow_loss_is_the_mean_absolute_difference():
@@ -147,4 +147,4 @@ def test_lovasz_of_an_all_wrong_prediction_is_one():
     for labels in itertools.product((0, 1), repeat=3):
         labels = torch.tensor([labels])
         probs = F.one_hot(1 - labels, 2).permute(0, 2, 1).float()
-        assert lovasz_softmax(probs, labels).item() == pytest.approx(1.0)
+        assert lovasz_softmax(probs, labels, IGNORE).item() == pytest.approx(1.0)
