@@ -13,7 +13,8 @@ published multi-scale test does. Object ids and channels: models.object_manager.
 On a GPU with TEST.REGIONAL_READ (the default) the fast path runs: a preallocated memory on
 the GPU, the regional read kernel, every variant's per-frame step replayed as its own CUDA
 graph, frames uploaded and masks downloaded asynchronously through pinned buffers (each mask
-is yielded one frame later, when its copy has landed). TEST.PRECISION = 'bf16' adds bf16
+is yielded one frame later, when its copy has landed). A video of the same size and object
+count as the one before reuses its buffers and graphs. TEST.PRECISION = 'bf16' adds bf16
 autocast and channels-last convolutions. TEST.REGIONAL_READ = False runs the published
 dense read.
 """
@@ -140,6 +141,7 @@ class VideoSegmenter:
         self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self.pending: List[Tuple[int, np.ndarray, Optional[int]]] = []
         self.segmenting = False
+        self.branches: Tuple[Optional[tuple], List[ScaleBranch]] = (None, [])
 
     def add_object(self, frame_index: int, mask: np.ndarray, object_id: Optional[int] = None) -> None:
         """An object that first appears at `frame_index` (> 0) of the next video segmented: a
@@ -215,14 +217,22 @@ class VideoSegmenter:
             stack.enter_context(torch.autocast('cuda', dtype=torch.bfloat16, cache_enabled=False))
         return stack
 
-    def _branches(self, n_objects: int, expected_frames: Optional[int],
+    def _branches(self, n_objects: int, n_channels: int, expected_frames: Optional[int],
                   net_size: Tuple[int, int]) -> List[ScaleBranch]:
+        """The branches of test-time augmentation; those of the previous video when its size
+        and objects were the same (on the fast path their buffers and graphs are reused)."""
+        key = (n_objects, n_channels, tuple(net_size))
+        if self.branches[0] == key:
+            return self.branches[1]
+
         def recurrence(flow_net: Optional[TinyFlowNet]) -> FrameRecurrence:
             return FrameRecurrence(self.rmnet, [n_objects], self.memorize_every, self.regional_read,
                                    fast=self.fast, expected_frames=expected_frames, flow_net=flow_net)
 
-        return [ScaleBranch(scale, recurrence(self.tflownet), recurrence(None) if self.flip else None, net_size)
-                for scale in self.scales]
+        branches = [ScaleBranch(scale, recurrence(self.tflownet), recurrence(None) if self.flip else None,
+                                net_size) for scale in self.scales]
+        self.branches = (key, branches)
+        return branches
 
     def _propagate(self, frames: Iterable[np.ndarray], first_mask: Union[np.ndarray, ObjectManager]):
         objects = self.objects_of(first_mask)
@@ -241,7 +251,7 @@ class VideoSegmenter:
                         frame_size = np.asarray(frame).shape[:2]
                         net_size = network_size(*frame_size, self.short_side)
                         frame_input = _FrameInput(self.device, net_size, self.mean, self.std)
-                        branches = self._branches(len(objects), expected, net_size)
+                        branches = self._branches(len(objects), n_channels, expected, net_size)
                     frame_input.upload(frame)
                     x = self._channels_last(frame_input.normalised())
                     mask = objects.first_mask if t == 0 else objects.given.get(t)

@@ -120,6 +120,16 @@ class StaticMemoryBank:
         self.slot.add_(1)
         self.count.add_(1)
 
+    def clear(self) -> None:
+        """Forget every frame but keep the buffers (and so a captured graph) for the next video.
+        The regions are zeroed: the reads count region positions over the whole buffer."""
+        self.n_kept = 0
+        self.pinned = []
+        if self.keys is not None:
+            self.regions.zero_()
+            self.slot.zero_()
+            self.count.fill_(1)
+
     def read(self, query_key: torch.Tensor, query_value: torch.Tensor,
              query_region: torch.Tensor) -> torch.Tensor:
         return read_memory_regional(self.keys, self.values, self.regions, query_key, query_value,

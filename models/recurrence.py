@@ -55,7 +55,11 @@ class FrameRecurrence:
         self.expected_kept = None if expected_frames is None else expected_frames // memorize_every + 2
 
     def start(self, frame: torch.Tensor, masks: torch.Tensor) -> None:
-        """Frame 0 (B, 3, H, W) and its given masks (B, K, H, W), one-hot or probabilities."""
+        """Frame 0 (B, 3, H, W) and its given masks (B, K, H, W), one-hot or probabilities.
+        On the fast path a new video of the same shapes reuses the buffers and the CUDA graph."""
+        if self.fast and self._same_shapes(frame, masks):
+            self._restart(frame, masks)
+            return
         self.objects = ObjectIndex.from_counts(self.counts, frame.device)
         self.n_channels = masks.shape[1]
         self.in_use = self.objects.channel_in_use(self.n_channels)
@@ -74,6 +78,19 @@ class FrameRecurrence:
         else:
             self.memory = MemoryBank(self.regional_read)
             self.prev_frame, self.prev_probs = frame, masks
+
+    def _same_shapes(self, frame: torch.Tensor, masks: torch.Tensor) -> bool:
+        previous = getattr(self, 'prev_frame', None)
+        return (previous is not None and previous.shape == frame.shape and previous.dtype == frame.dtype
+                and previous.device == frame.device and self.prev_probs.shape == masks.shape)
+
+    def _restart(self, frame: torch.Tensor, masks: torch.Tensor) -> None:
+        """start() in place: the captured step keeps reading and writing the same tensors."""
+        self.memory.clear()
+        self.existing.copy_(present_channels(masks))
+        self.prev_frame.copy_(frame)
+        self.prev_probs.copy_(masks)
+        self.prev_index, self.prev_given, self.flow = 0, True, None
 
     def step(self, frame: torch.Tensor, flow: Optional[torch.Tensor] = None,
              new_masks: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -139,3 +139,18 @@ def test_preallocated_memory_gives_the_same_result(network):
     for a, b in zip(results[0][0], results[1][0]):
         assert torch.allclose(a, b, atol=1e-6)
 
+
+
+@torch.no_grad()
+def test_a_second_video_reuses_the_fast_buffers_and_gives_a_fresh_result(network):
+    first_video, second_video = clip(7, seed=4), clip(4, seed=5)
+    reused = FrameRecurrence(network, [2], memorize_every=2, fast=True, expected_frames=2)
+    run(reused, *first_video, new_masks={3: first_video[1].clone()})
+    keys = reused.memory.keys
+    outputs, _, kept = run(reused, *second_video)
+    assert reused.memory.keys is keys                            # the same buffers
+    fresh = FrameRecurrence(network, [2], memorize_every=2, fast=True, expected_frames=2)
+    expected, _, expected_kept = run(fresh, *second_video)
+    assert kept == expected_kept
+    for a, b in zip(outputs, expected):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -177,6 +177,20 @@ def test_fast_paths_on_the_gpu(networks, published_clip):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_videos_in_a_row_reuse_the_graphs_on_the_gpu(networks, published_clip):
+    frames, first_mask = published_clip
+    seg = segmenter(networks, 'cuda', FRAME_SCALES=[1.0, 1.25], FLIP_LR=True)
+    other = [np.ascontiguousarray(frame[:, ::-1]) for frame in frames[:5]]
+    list(seg.segment(other, np.ascontiguousarray(first_mask[:, ::-1])))
+    recurrence = seg.branches[1][0].recurrence
+    graph = recurrence.graphed.graph
+    again = probabilities(seg, frames, first_mask)
+    assert seg.branches[1][0].recurrence is recurrence and recurrence.graphed.graph is graph
+    fresh = probabilities(segmenter(networks, 'cuda', FRAME_SCALES=[1.0, 1.25], FLIP_LR=True), frames, first_mask)
+    assert (again - fresh).abs().max() < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 @pytest.mark.parametrize('flip', [False, True])
 def test_fast_test_time_augmentation_on_the_gpu(networks, published_clip, flip):
     """A CUDA graph per variant gives the dense path's and the published result."""
