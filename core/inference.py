@@ -3,8 +3,8 @@
 Python API (streaming: frames are consumed and masks produced one at a time):
 
     from core.inference import VideoSegmenter
-    segmenter = VideoSegmenter('RMNet-DAVIS.pth', device='cuda')
-    segmenter.add_object(30, mask_of_an_object_appearing_at_frame_30)   # optional
+    segmenter = VideoSegmenter('RMNet-DAVIS.pth', device='cuda')    # cfg: config.cfg unless given
+    segmenter.add_object(30, mask_of_an_object_appearing_at_frame_30, object_id=3)   # optional
     for ids in segmenter.segment(frames, first_mask):
         ...
 
@@ -22,23 +22,25 @@ A user's video (segment_user_video):
 import logging
 import os
 import time
-import zipfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
+import torch
 from tqdm import tqdm
 
-from core.segmenter import VideoSegmenter
+import config
+from core.segmenter import VideoSegmenter as CoreSegmenter
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
-from core.streaming import (SegmenterSource, experiment_dir, new_segmenter, prepare_output_dir,
-                            register_later_objects, segment_stream)
+from core.results import VideoResults, write_zip
+from core.streaming import experiment_dir, new_segmenter, prepare_output_dir, segment_stream
 from datasets.video import Video
-from utils.io import DataError, WriteError, atomic_write, write_image, write_palette_mask
+from models.object_manager import NoNewObject, ObjectManager
+from models.rmnet import RMNet
+from models.tiny_flownet import TinyFlowNet
+from utils.io import DataError, atomic_write
+from utils.mask_input import GivenMasks, MaskError, parse_mask_spec, read_given_masks
 from utils.output_safety import (check_output_folder, check_user_video_output, clear_user_video_outputs,
                                  removed_if_left_empty)
-from utils.mask_input import GivenMasks, MaskError, parse_mask_spec, read_given_masks, to_user_ids
 from utils.video_io import FOLDER_FPS, FrameSource, PrefetchReader, VideoWriter, open_frames
-from utils.visualization import overlay
 from utils.weights import resolve_weights
 
 __all__ = ['VideoSegmenter', 'inference_net', 'segment_user_video']
@@ -48,53 +50,47 @@ logger = logging.getLogger(__name__)
 MaskSpec = Union[str, Tuple[int, str]]
 
 
+class VideoSegmenter(CoreSegmenter):
+    """core.segmenter.VideoSegmenter for the Python API: `cfg` defaults to config.cfg (the
+    only place where library code falls back to the global configuration)."""
+
+    def __init__(self, weights: Optional[str] = None, device: Union[str, torch.device, None] = None,
+                 cfg=None, tflownet: Optional[TinyFlowNet] = None, rmnet: Optional[RMNet] = None,
+                 short_side: Optional[int] = None):
+        super().__init__(weights, device, config.cfg if cfg is None else cfg, tflownet, rmnet, short_side)
+
+
 def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[str] = None,
                   out_dir: Optional[str] = None, short_side: Optional[int] = None) -> str:
     """Write the benchmark result files of a split (see the module docstring); return the zip's path."""
     dataset, split = resolve_split(cfg, dataset, split)
     videos = benchmark_videos(cfg, dataset, split)
     out_dir = prepare_output_dir(check_output_folder(cfg, out_dir or experiment_dir(cfg)))
-    segmenters = SegmenterSource(resolve_weights(weights), cfg, short_side)
+    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
     results_dir = 'Annotations' if dataset.startswith('YOUTUBE_VOS') else ''
     logger.info('Segmenting %d videos of %s %s into %s', len(videos), dataset, split, out_dir)
     members: List[str] = []
     bar = tqdm(videos, desc=f'{dataset} {split}', unit='video')
     for video in bar:
         start = time.perf_counter()
-        members += _write_results(segmenters, video, out_dir, results_dir, bool(cfg.TEST.VISUALIZE))
+        members += _write_results(segmenter, video, out_dir, results_dir, bool(cfg.TEST.VISUALIZE))
         bar.set_postfix(video=video.name, fps=f'{len(video) / max(time.perf_counter() - start, 1e-9):.1f}')
     zip_path = os.path.join(out_dir, f'{split}.zip')
-    atomic_write(zip_path, lambda temporary: _write_zip(temporary, out_dir, members))
+    atomic_write(zip_path, lambda temporary: write_zip(temporary, out_dir, members))
     logger.info('Results in %s; submission archive %s (%d masks)', out_dir, zip_path, len(members))
     return zip_path
 
 
-def _write_results(segmenters: SegmenterSource, video: Video, out_dir: str, results_dir: str,
+def _write_results(segmenter: CoreSegmenter, video: Video, out_dir: str, results_dir: str,
                    visualize: bool) -> List[str]:
     """Write one video's masks; return their paths relative to out_dir."""
-    wanted = set(output_frames(video))
-    written = []
-    writer = VideoWriter(os.path.join(out_dir, 'overlay', f'{video.name}.mp4'), FOLDER_FPS) if visualize else None
-    try:
-        for t, (frame, ids) in enumerate(stream_video(segmenters, video)):
-            if writer is not None:
-                writer.write(overlay(frame, ids))
-            if t in wanted:
-                relative = os.path.join(results_dir, video.name, f'{video.output_names[t]}.png')
-                write_palette_mask(os.path.join(out_dir, relative), ids)
-                written.append(relative)
-    finally:
-        if writer is not None and writer.frames_written:
-            writer.close()
-        elif writer is not None:
-            writer.discard()
-    return written
-
-
-def _write_zip(path: str, root: str, members: Sequence[str]) -> None:
-    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as archive:
-        for member in sorted(members):
-            archive.write(os.path.join(root, member), member.replace(os.sep, '/'))
+    overlay_video = (VideoWriter(os.path.join(out_dir, 'overlay', f'{video.name}.mp4'), FOLDER_FPS)
+                     if visualize else None)
+    with VideoResults(os.path.join(out_dir, results_dir, video.name), video.output_names,
+                      output_frames(video), overlay_video=overlay_video) as results:
+        for t, (frame, ids) in enumerate(stream_video(segmenter, video)):
+            results.write(t, frame, ids)
+    return [os.path.relpath(path, out_dir) for path in results.mask_paths]
 
 
 def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str = 'davis',
@@ -112,15 +108,15 @@ def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str 
     given = read_given_masks(specs, size=source.size, resize=resize_mask,
                              max_objects=int(cfg.TEST.N_MAX_OBJECTS))
     _check_mask_frames(specs, given, source)
+    objects = _user_objects(cfg, given, dict(specs))
     with removed_if_left_empty(out_dir):
         prepare_output_dir(out_dir)
         segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
-        register_later_objects(segmenter, _later_objects(given, dict(specs)))
         logger.info('%s: %s frames of %dx%d, %d object(s) (ids %s)', source.path, len(source),
                     source.size[1], source.size[0], given.n_objects, ', '.join(map(str, given.labels)))
         if overwrite:
             clear_user_video_outputs(out_dir)
-        summary = _write_user_outputs(segmenter, source, given, out_dir, binary)
+        summary = _write_user_outputs(segmenter, source, given, objects, out_dir, binary)
     where = f'masks in {summary["masks"]}, overlay {summary["overlay"]}'
     if binary:
         where += f', binary masks in {summary["binary"]}'
@@ -139,71 +135,43 @@ def _check_mask_frames(specs: Sequence[Tuple[int, str]], given: GivenMasks, sour
                             f'frames (0..{len(source) - 1})')
 
 
-def _later_objects(given: GivenMasks, paths: Dict[int, str]) -> Dict[int, np.ndarray]:
-    """Per later frame, the mask of the objects that first appear there."""
-    later = {}
-    for frame, mask in given.masks.items():
+def _user_objects(cfg, given: GivenMasks, paths: Dict[int, str]) -> ObjectManager:
+    """The objects of the first mask and, per later mask, those that first appear there."""
+    objects = ObjectManager.from_cfg(given.masks[0], cfg)
+    for frame in sorted(given.masks):
         if frame == 0:
             continue
-        new = [k for k in range(1, given.n_objects + 1) if given.first_frames[k - 1] == frame]
-        known = sorted(set(np.unique(mask).tolist()) - {0} - set(new))
+        mask = given.masks[frame]
+        try:
+            added = objects.add(frame, mask)
+        except NoNewObject:
+            added = []
+        known = sorted(set(objects.ids_in(mask)) - set(added))
         if known:
             logger.warning('%s: object(s) %s already appeared earlier; only new objects are taken from '
-                           'a later mask', paths[frame], ', '.join(str(given.labels[k - 1]) for k in known))
-        if new:
-            later[frame] = np.where(np.isin(mask, new), mask, 0).astype(np.uint8)
-    return later
+                           'a later mask', paths[frame], ', '.join(map(str, known)))
+    return objects
 
 
-def _write_overlay_frame(writer: VideoWriter, frame: np.ndarray) -> None:
-    """Append a frame to the overlay; a write error drops the partial overlay and is raised as
-    a WriteError naming it."""
-    try:
-        writer.write(frame)
-    except OSError as e:
-        writer.discard()
-        writer.frames_written = 0
-        raise WriteError(f'{writer.path}: cannot be written ({e.strerror or e}); the partial overlay '
-                         f'was removed') from e
-
-
-def _finish_overlay(writer: VideoWriter, masks_dir: str, n_frames: int) -> None:
-    """Close the overlay; a failure says that the masks are kept."""
-    try:
-        writer.close()
-    except (DataError, OSError) as e:
-        writer.discard()
-        raise WriteError(f'{e}; the masks of frames 0..{n_frames - 1} are kept in {masks_dir}') from e
-
-
-def _write_user_outputs(segmenter: VideoSegmenter, source: FrameSource, given: GivenMasks, out_dir: str,
-                        binary: bool) -> Dict[str, Any]:
+def _write_user_outputs(segmenter: CoreSegmenter, source: FrameSource, given: GivenMasks,
+                        objects: ObjectManager, out_dir: str, binary: bool) -> Dict[str, Any]:
     masks_dir = os.path.join(out_dir, 'masks')
     binary_dir = os.path.join(out_dir, 'binary')
     writer = VideoWriter(os.path.join(out_dir, 'overlay.mp4'), source.fps, source.size)
-    n_frames, start = 0, time.perf_counter()
+    start = time.perf_counter()
+    results = VideoResults(masks_dir, overlay_video=writer, binary_dir=binary_dir if binary else None,
+                           object_ids=given.labels)
     try:
-        with PrefetchReader(source) as frames:
-            stream = segment_stream(segmenter, frames, given.masks[0])
+        with results, PrefetchReader(source) as frames:
+            stream = segment_stream(segmenter, frames, objects)
             for t, (frame, ids) in enumerate(tqdm(stream, total=len(source), desc='Segmenting', unit='frame')):
-                user_ids = to_user_ids(ids, given.labels)
-                write_palette_mask(os.path.join(masks_dir, f'{t:05d}.png'), user_ids)
-                _write_overlay_frame(writer, overlay(frame, user_ids))
-                if binary:
-                    for label in given.labels:
-                        write_image(os.path.join(binary_dir, str(label), f'{t:05d}.png'),
-                                    np.where(user_ids == label, 255, 0).astype(np.uint8))
-                n_frames = t + 1
+                results.write(t, frame, ids)
     except DataError as e:
-        overlay_kept = f' and their overlay in {writer.path}' if writer.frames_written else ''
-        kept = (f'the masks of frames 0..{n_frames - 1} are kept in {masks_dir}{overlay_kept}'
-                if n_frames else 'no mask was written')
+        overlay_kept = f' and their overlay in {writer.path}' if os.path.exists(writer.path) else ''
+        kept = (f'the masks of frames 0..{results.n_frames - 1} are kept in {masks_dir}{overlay_kept}'
+                if results.n_frames else 'no mask was written')
         raise DataError(f'{e}; {kept}') from e
-    finally:
-        if n_frames:
-            _finish_overlay(writer, masks_dir, n_frames)
-        else:
-            writer.discard()
+    n_frames = results.n_frames
     unreached = [frame for frame in given.masks if frame >= n_frames]
     if unreached:
         logger.warning('%s ended after %d frames: the masks given for frame(s) %s were not used',

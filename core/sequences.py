@@ -1,13 +1,14 @@
 """Benchmark videos (DAVIS, YouTube-VOS) streamed from disk through a segmenter."""
 import logging
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from core.segmenter import SegmentationError
-from core.streaming import SegmenterSource, register_later_objects, segment_stream
+from core.segmenter import VideoSegmenter
+from core.streaming import segment_stream
 from datasets.registry import SPLITS, list_videos
 from datasets.video import Video
+from models.object_manager import NoNewObject, ObjectManager, SegmentationError
 from utils.configuration import ConfigError
 from utils.io import DataError, read_frame, read_mask
 from utils.video_io import PrefetchReader
@@ -48,38 +49,38 @@ class FrameFiles:
             yield read_frame(path)
 
 
-def input_masks(video: Video, void_id: int = 255) -> Tuple[np.ndarray, Dict[int, np.ndarray]]:
-    """The first-frame mask (ids as in the file) and, per later frame, the masks of the objects
-    that first appear there. Binary videos (DAVIS 2016) have one object: every non-zero label."""
+def video_objects(video: Video, cfg) -> ObjectManager:
+    """The objects of a benchmark video: those of its first annotation and, per later
+    annotation, the objects first given there. Binary videos (DAVIS 2016) have one object:
+    every non-zero label."""
     if 0 not in video.given_masks:
         raise DataError(f'{video.name}: no annotation is given for the first frame '
                         f'({video.frame_paths[0]})')
-    seen = set()
-    masks: Dict[int, np.ndarray] = {}
+    objects = None
     for index in sorted(video.given_masks):
-        mask = read_mask(video.given_masks[index])
+        path = video.given_masks[index]
+        mask = read_mask(path)
         if video.binary:
             mask = (mask != 0).astype(np.uint8)
-        new = sorted(set(np.unique(mask).tolist()) - {0, void_id} - seen)
-        if index > 0:
-            if not new:
-                logger.warning('%s: %s holds no new object, ignored', video.name, video.given_masks[index])
-                continue
-            mask = np.where(np.isin(mask, new), mask, 0).astype(np.uint8)
-        seen.update(new)
-        masks[index] = mask
-    return masks.pop(0), masks
+        try:
+            if objects is None:
+                objects = ObjectManager.from_cfg(mask, cfg)
+            else:
+                objects.add(index, mask)
+        except NoNewObject as e:
+            logger.warning('%s: %s; ignored', path, e)
+        except SegmentationError as e:
+            raise DataError(f'{video.name}: {path}: {e}') from e
+    return objects
 
 
-def stream_video(segmenters: SegmenterSource, video: Video) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+def stream_video(segmenter: VideoSegmenter, video: Video) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yield (frame, ids) for every frame of a benchmark video, frames read ahead in a thread.
     A mask that cannot be segmented is reported with the video's name and its mask files."""
-    first_mask, later = input_masks(video, int(segmenters.cfg.CONST.IGNORE_IDX))
-    segmenter = segmenters.new()
     try:
-        register_later_objects(segmenter, later)
+        objects = video_objects(video, segmenter.cfg)
         with PrefetchReader(FrameFiles(video.frame_paths)) as frames:
-            yield from segment_stream(segmenter, frames, first_mask)
+            yield from segment_stream(segmenter, frames, objects)
     except SegmentationError as e:
         masks = ', '.join(video.given_masks[index] for index in sorted(video.given_masks))
         raise SegmentationError(f'{video.name}: {e} (mask files: {masks})') from e

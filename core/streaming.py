@@ -1,14 +1,15 @@
-"""Pieces shared by the test and inference jobs: output folders, segmenters, frames paired with masks."""
+"""Pieces shared by the test and inference jobs: output folders, the segmenter, frames paired with masks."""
 import collections
 import datetime
 import logging
 import os
 import tempfile
-from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
 from core.segmenter import VideoSegmenter
+from models.object_manager import ObjectManager
 from utils.io import DataError
 from utils.output_safety import remove_stale_temporaries
 
@@ -38,32 +39,14 @@ def prepare_output_dir(path: str) -> str:
     return path
 
 
-def new_segmenter(weights: Optional[str], cfg, short_side: Optional[int] = None,
-                  **networks: Any) -> VideoSegmenter:
-    """A VideoSegmenter on the default device; short_side resizes frames for the network."""
-    options = dict(networks)
-    if short_side is not None:
-        options['short_side'] = short_side
-    return VideoSegmenter(weights, None, cfg, **options)
-
-
-class SegmenterSource:
-    """Fresh segmenters (one per video) that share one loaded copy of the networks."""
-
-    def __init__(self, weights: str, cfg, short_side: Optional[int] = None) -> None:
-        self.weights, self.cfg, self.short_side = weights, cfg, short_side
-        self._loaded: Optional[VideoSegmenter] = None
-
-    def new(self) -> VideoSegmenter:
-        if self._loaded is None:
-            self._loaded = new_segmenter(self.weights, self.cfg, self.short_side)
-            return self._loaded
-        return new_segmenter(None, self.cfg, self.short_side,
-                             tflownet=self._loaded.tflownet, rmnet=self._loaded.rmnet)
+def new_segmenter(weights: Optional[str], cfg, short_side: Optional[int] = None) -> VideoSegmenter:
+    """A VideoSegmenter on the default device for every video of a job; short_side resizes
+    frames for the network."""
+    return VideoSegmenter(weights, None, cfg, short_side=short_side)
 
 
 def segment_stream(segmenter: VideoSegmenter, frames: Iterable[np.ndarray],
-                   first_mask: np.ndarray) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+                   objects: ObjectManager) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yield (frame, ids) for every frame: each frame the segmenter consumed with its mask."""
     consumed: 'collections.deque[np.ndarray]' = collections.deque()
 
@@ -72,12 +55,5 @@ def segment_stream(segmenter: VideoSegmenter, frames: Iterable[np.ndarray],
             consumed.append(frame)
             yield frame
 
-    for ids in segmenter.segment(remember(), first_mask):
+    for ids in segmenter.segment(remember(), objects):
         yield consumed.popleft(), ids
-
-
-def register_later_objects(segmenter: VideoSegmenter, masks: Dict[int, np.ndarray]) -> None:
-    """Hand the masks of objects that appear after frame 0 to the segmenter, before it starts."""
-    for frame_index in sorted(masks):
-        if frame_index > 0:
-            segmenter.add_object(frame_index, masks[frame_index])

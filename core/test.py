@@ -14,14 +14,15 @@ from typing import Dict, Optional
 from tqdm import tqdm
 
 from core.distributed import broadcast_object, gather_objects, setup_distributed
-from core.scoring import ScoreJob, Scorer
+from core.results import VideoResults
+from core.scoring import ScoreJob, score_files
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
-from core.streaming import SegmenterSource, experiment_dir, prepare_output_dir
+from core.segmenter import VideoSegmenter
+from core.streaming import experiment_dir, new_segmenter, prepare_output_dir
 from datasets.video import Video
 from utils.evaluate import format_table, scored_records, summarise, write_csvs
-from utils.io import write_image, write_palette_mask
 from utils.output_safety import check_output_folder
-from utils.visualization import overlay
+from utils.scoring_pool import ScoringPool
 from utils.weights import resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -36,20 +37,20 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     all_videos = benchmark_videos(cfg, dataset, split)
     videos = all_videos[shard.rank::shard.world_size]
     out_dir = prepare_output_dir(check_output_folder(cfg, broadcast_object(shard, out_dir or experiment_dir(cfg))))
-    segmenters = SegmenterSource(resolve_weights(weights), cfg, short_side)
+    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
     with_truth = sum(bool(video.ground_truth) for video in all_videos)
     if not with_truth:
         logger.info('%s %s has no public ground truth: writing the masks only', dataset, split)
     logger.info('Testing %d of the %d videos of %s %s, writing to %s', len(videos), len(all_videos),
                 dataset, split, out_dir)
-    with Scorer(int(cfg.TEST.EVAL_WORKERS) if with_truth else 1) as scorer:
+    with ScoringPool(int(cfg.TEST.EVAL_WORKERS) if with_truth else 1) as scorer:
         bar = tqdm(videos, desc=f'{dataset} {split}', unit='video', disable=not shard.is_main)
         for video in bar:
-            fps = _segment_and_write(segmenters, video, out_dir, bool(cfg.TEST.VISUALIZE))
+            fps = _segment_and_write(segmenter, video, out_dir, bool(cfg.TEST.VISUALIZE))
             bar.set_postfix(video=video.name, fps=f'{fps:.1f}')
             if video.ground_truth:
-                scorer.submit(_score_job(video, out_dir, bool(cfg.TEST.EXCLUDE_VOID)))
-        records = scorer.records()
+                scorer.submit(score_files, _score_job(video, out_dir, bool(cfg.TEST.EXCLUDE_VOID)))
+        records = [record for video_records in scorer.results() for record in video_records]
     order = {video.name: i for i, video in enumerate(all_videos)}
     records = sorted((r for part in gather_objects(shard, records) for r in part),
                      key=lambda r: (order[r.sequence], r.object_id))
@@ -65,19 +66,15 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     return summarise(records)
 
 
-def _segment_and_write(segmenters: SegmenterSource, video: Video, out_dir: str, visualize: bool) -> float:
+def _segment_and_write(segmenter: VideoSegmenter, video: Video, out_dir: str, visualize: bool) -> float:
     """Write the masks of the listed frames and of every ground-truth frame; return frames/s."""
-    wanted = set(output_frames(video)) | set(video.ground_truth)
-    start, n_frames = time.perf_counter(), 0
-    for t, (frame, ids) in enumerate(stream_video(segmenters, video)):
-        n_frames = t + 1
-        if t not in wanted:
-            continue
-        name = video.output_names[t]
-        write_palette_mask(os.path.join(out_dir, video.name, f'{name}.png'), ids)
-        if visualize:
-            write_image(os.path.join(out_dir, f'{video.name}_overlay', f'{name}.png'), overlay(frame, ids))
-    return n_frames / max(time.perf_counter() - start, 1e-9)
+    start = time.perf_counter()
+    overlay_dir = os.path.join(out_dir, f'{video.name}_overlay') if visualize else None
+    with VideoResults(os.path.join(out_dir, video.name), video.output_names,
+                      set(output_frames(video)) | set(video.ground_truth), overlay_dir) as results:
+        for t, (frame, ids) in enumerate(stream_video(segmenter, video)):
+            results.write(t, frame, ids)
+    return results.n_frames / max(time.perf_counter() - start, 1e-9)
 
 
 def _score_job(video: Video, out_dir: str, exclude_void: bool) -> ScoreJob:

@@ -180,7 +180,7 @@ class TrainingStep:
         with self.autocast():
             probs = self.model(frames, masks, flows, n_objects, self.cfg.TRAIN.MEMORIZE_EVERY)
         self.mark('losses')
-        lovasz, nll = segmentation_loss_terms(logits_of(probs), labels, 1, ignore_index)
+        lovasz, nll = segmentation_loss_terms(logits_of(probs), labels, ignore_index)
         return [lovasz + nll, lovasz, nll], probs
 
     def __call__(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

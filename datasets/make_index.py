@@ -19,7 +19,7 @@ from utils.cli import run_command
 from utils.io import DataError, atomic_write, read_mask
 
 
-def count_objects(video: Video, ignore_idx: int = 255) -> int:
+def count_objects(video: Video, ignore_idx: int) -> int:
     """Objects in the video's input masks (binary datasets: 1 when any label is non-zero)."""
     labels = set()
     for path in video.given_masks.values():

@@ -74,7 +74,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
     the dataset into its workers when an epoch starts, unless persistent_workers is set)."""
 
     def __init__(self, name: str, videos: Sequence[Video], transform: Transform, n_frames: int,
-                 seed: int = 0, ignore_index: int = 255):
+                 seed: int, ignore_index: int):
         self.name = name
         self.videos = [video for video in videos if video.ground_truth]
         if len(self.videos) < len(videos):

@@ -6,8 +6,9 @@ true class probability, computed as a log-softmax of the logits: equal to the pu
 wherever that is finite, and with a finite gradient everywhere (a clamp of the probabilities
 would give the most wrong pixels no gradient at all).
 
-Label 255 (the affine fill, VOC void) is ignored by both mask losses. This is the intent of the
-published code; its one-hot step turned those pixels into background by accident.
+The void label (cfg.CONST.IGNORE_IDX: the affine fill, VOC void) is ignored by both mask
+losses. This is the intent of the published code; its one-hot step turned those pixels into
+background by accident.
 
 Nothing here waits for the device: void pixels are masked instead of removed, and the
 Lovász sorts run for every class (and image) in one batched sort.
@@ -17,7 +18,6 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
 
 
 def _lovasz_gradient(sorted_fg: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ def _lovasz_groups(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int)
     return (per_class * present).sum(dim=-1) / n_present.clamp_min(1), n_present > 0
 
 
-def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int,
                    per_image: bool = False) -> torch.Tensor:
     """Lovász-softmax loss (Berman et al. 2018) over the classes present in the labels.
 
@@ -67,8 +67,7 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     return (losses * weight).sum() / weight.sum().clamp_min(1)
 
 
-def nll_loss(logits: torch.Tensor, labels: torch.Tensor,
-             ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def nll_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Mean of -log softmax(logits) of the true class over non-ignored pixels (0 when none).
     logits (N, C, *), labels (N, *)."""
     log_probs = F.log_softmax(logits.float(), dim=1)
@@ -79,9 +78,8 @@ def nll_loss(logits: torch.Tensor, labels: torch.Tensor,
     return (picked * weight).sum() / weight.sum().clamp_min(1)
 
 
-def segmentation_loss_terms(logits: torch.Tensor, labels: torch.Tensor, first_frame: int = 1,
-                            ignore_index: int = IGNORE_INDEX,
-                            per_image: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+def segmentation_loss_terms(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+                            first_frame: int = 1, per_image: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """(Lovász-softmax, NLL) over frames `first_frame`.. of a clip (frame 0 is the given mask).
 
     logits (B, T, K, H, W) of the soft aggregation, labels (B, T, H, W) with `ignore_index`

@@ -5,16 +5,13 @@ Query tiles with no position inside the query region write the plain average of 
 the others run an online softmax over the memory tiles that hold region positions (tiles
 without any are skipped), starting from the out-of-region positions as one virtual block of
 score 0: running max 0 and denominator equal to their count. The result is the published
-dense read (see models.memory_reader) up to rounding.
+dense read (see models.memory_read) up to rounding. Whether it runs is decided by
+models.memory_read.
 """
-import logging
 import math
-import os
 from typing import Optional
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 try:
     import triton
@@ -22,14 +19,7 @@ try:
 except ImportError:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it
     triton = None
 
-_failed = False
-
-
-def triton_available() -> bool:
-    """True when the kernel can run here (Triton present, a GPU, not disabled by RMNET_NO_TRITON)."""
-    return (triton is not None and torch.cuda.is_available() and not _failed
-            and os.environ.get('RMNET_NO_TRITON', '') in ('', '0'))
-
+TRITON_IMPORTED = triton is not None
 
 _CONFIGS = [(64, 64, 128, 4), (64, 64, 256, 8), (128, 64, 128, 8), (64, 128, 128, 8)]
 
@@ -96,13 +86,12 @@ def regional_attention_triton(memory_keys: torch.Tensor, memory_values: torch.Te
                               memory_regions: torch.Tensor, query_key: torch.Tensor,
                               query_value: torch.Tensor, query_region: torch.Tensor,
                               n_frames: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Same arguments and result as models.memory_reader.read_memory_regional_torch.
+    """Same arguments and result as models.memory_read.read_memory_regional_torch.
 
     n_frames: a one-element int32 CUDA tensor, the number of leading memory frames to read
     (the rest of a preallocated bank is ignored); None reads them all. Nothing here waits for
     the GPU, so the call can be captured in a CUDA graph.
     """
-    global _failed
     n, key_dim, capacity, height, width = memory_keys.shape
     value_dim = memory_values.shape[1]
     n_queries = height * width
@@ -124,17 +113,9 @@ def regional_attention_triton(memory_keys: torch.Tensor, memory_values: torch.Te
     def grid(meta):
         return triton.cdiv(n_queries, meta['BLOCK_Q']), n, value_dim // meta['BLOCK_V']
 
-    try:
-        _regional_read_kernel[grid](
-            mk, mv, mr, qk, qr, uniform, outside, n_frames, out, n_queries, value_dim,
-            1.0 / math.sqrt(key_dim), *mk.stride(), *mv.stride(), *mr.stride(), *qk.stride(),
-            *qr.stride(), *out.stride(), KEY_DIM=key_dim, PRECISE=precise)
-    except Exception as e:  # a Triton/driver problem must not stop inference: use PyTorch
-        _failed = True
-        logger.warning('The Triton regional read failed (%s: %s); using the PyTorch path', type(e).__name__, e)
-        from models.memory_reader import read_memory_regional_torch
-        frames = int(n_frames.item())
-        return read_memory_regional_torch(memory_keys[:, :, :frames], memory_values[:, :, :frames],
-                                          memory_regions[:, :frames], query_key, query_value, query_region)
+    _regional_read_kernel[grid](
+        mk, mv, mr, qk, qr, uniform, outside, n_frames, out, n_queries, value_dim,
+        1.0 / math.sqrt(key_dim), *mk.stride(), *mv.stride(), *mr.stride(), *qk.stride(),
+        *qr.stride(), *out.stride(), KEY_DIM=key_dim, PRECISE=precise)
     read = out.view(n, value_dim, height, width)
     return torch.cat([read, query_value * query_region[:, None].to(query_value.dtype)], dim=1)

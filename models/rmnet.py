@@ -1,26 +1,24 @@
 """RMNet: a space-time memory network whose memory read is restricted to object regions.
 
 The network knows nothing about videos: it offers the per-frame steps (`memorize`,
-`query_region`, `encode_query`, `read_memory`, `decode`, `aggregate`). The frame loop that
-drives them lives in `core.inference_core`; `RMNet.forward` is the published entry point
-and runs that loop over a whole clip.
+`query_region`, `encode_query`, `decode`, `aggregate`). The frame loop that drives them is
+models.recurrence; `RMNet.forward` is the published entry point and runs that loop over a
+whole clip.
 """
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
 from extensions.reg_att_map_generator import regional_attention_map
+from models.object_manager import ObjectIndex
+from models.recurrence import FrameRecurrence
 from utils.padding import Padding, pad_divide_by, unpad
 
 FEATURE_STRIDE = 16
 KEY_DIM = 128
 VALUE_DIM = 512
-# logit(clamp(0)) and its complement, as used by the published code for absent/new objects
-ABSENT_LOGIT = -16.1181
-PRESENT_LOGIT_RANGE = 32.0605
 
 
 class ResBlock(torch.nn.Module):
@@ -71,7 +69,12 @@ class EncoderMemory(_ResNetStem):
         self.conv1_o = torch.nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
 
     def forward(self, frame: torch.Tensor, mask: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(frame) + self.conv1_m(mask) + self.conv1_o(others)
+        return self.from_frame_features(self.conv1(frame), mask, others)
+
+    def from_frame_features(self, frame_features: torch.Tensor, mask: torch.Tensor,
+                            others: torch.Tensor) -> torch.Tensor:
+        """The same with conv1(frame) given, so that the objects of a frame can share it."""
+        x = frame_features + self.conv1_m(mask) + self.conv1_o(others)
         return self._stages(x)[0]
 
 
@@ -136,31 +139,6 @@ class Decoder(torch.nn.Module):
         return self.decode(x, *self.skips(r3, r2))
 
 
-@dataclass
-class ObjectIndex:
-    """Which batch item and mask channel each object row belongs to (objects are batched)."""
-    batch: torch.Tensor      # (N,) long
-    channel: torch.Tensor    # (N,) long, >= 1
-    counts: List[int]        # objects per batch item
-    counts_tensor: torch.Tensor  # (B,) long, on the device
-
-    @classmethod
-    def from_counts(cls, counts: Sequence[int], device: torch.device) -> 'ObjectIndex':
-        batch = [b for b, n in enumerate(counts) for _ in range(n)]
-        channel = [k for n in counts for k in range(1, n + 1)]
-        return cls(torch.tensor(batch, dtype=torch.long, device=device),
-                   torch.tensor(channel, dtype=torch.long, device=device), [int(n) for n in counts],
-                   torch.tensor([int(n) for n in counts], dtype=torch.long, device=device))
-
-    def __len__(self) -> int:
-        return int(self.batch.numel())
-
-    def channel_in_use(self, n_channels: int) -> torch.Tensor:
-        """(B, K) bool: channels 0..n of every batch item."""
-        channels = torch.arange(n_channels, device=self.batch.device)
-        return channels[None] <= self.counts_tensor[:, None]
-
-
 def warp_backward(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Sample `image` (frame t-1) at p + flow(p); pixels whose source is not fully inside are 0."""
     batch, _, height, width = image.shape
@@ -183,19 +161,17 @@ def downsample_region(region: torch.Tensor) -> torch.Tensor:
 class RMNet(torch.nn.Module):
     """Regional memory network. Parameter names match the published checkpoints."""
 
-    def __init__(self, cfg: Optional[dict] = None):
+    def __init__(self, cfg):
         super().__init__()
-        self.cfg = cfg
         self.encoder_memory = EncoderMemory()
         self.encoder_query = EncoderQuery()
         self.kv_memory = KeyValue(1024, keydim=KEY_DIM, valdim=VALUE_DIM)
         self.kv_query = KeyValue(1024, keydim=KEY_DIM, valdim=VALUE_DIM)
         self.decoder = Decoder(256)
-        network_cfg = (cfg or {}).get('NETWORK', {})
-        self.region_threshold = network_cfg.get('REGION_PROB_THRESHOLD', 0.5)
-        self.region_min_pixels = network_cfg.get('REGION_MIN_PIXELS', 10)
-        self.region_margin = network_cfg.get('REGION_MARGIN', 64)
-        self.use_cuda_ops = network_cfg.get('USE_CUDA_OPS', True)
+        self.region_threshold = float(cfg.NETWORK.REGION_PROB_THRESHOLD)
+        self.region_min_pixels = int(cfg.NETWORK.REGION_MIN_PIXELS)
+        self.region_margin = int(cfg.NETWORK.REGION_MARGIN)
+        self.use_cuda_ops = bool(cfg.NETWORK.USE_CUDA_OPS)
 
     def region_map(self, probs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, K, H, W) probabilities -> 0/1 box maps (B, K, H, W) and boxes (B, K, 4)."""
@@ -216,7 +192,8 @@ class RMNet(torch.nn.Module):
         total = (probs * in_use[:, :, None, None].to(probs.dtype)).sum(dim=1)
         mask = probs[objects.batch, objects.channel]
         others = (total[objects.batch] - mask).clamp(0, 1)
-        r4 = self.encoder_memory(frame[objects.batch], mask[:, None], others[:, None])
+        frame_features = self.encoder_memory.conv1(frame)[objects.batch]   # once per frame
+        r4 = self.encoder_memory.from_frame_features(frame_features, mask[:, None], others[:, None])
         key, value = self.kv_memory(r4)
         region = downsample_region(self.region_map(probs)[0])
         return key, value, region[objects.batch, objects.channel]
@@ -265,17 +242,15 @@ class RMNet(torch.nn.Module):
         frames are read only where `n_objects` grows, for objects that appear), optical_flows
         (B, T, 2, H, W), n_objects (B, T) -> probabilities (B, T, K, H, W).
         """
-        from core.inference_core import InferenceCore
-
         device = next(self.parameters()).device
         n_objects = torch.as_tensor(n_objects)
         counts = [int(n) for n in n_objects.max(dim=1).values.tolist()]
-        core = InferenceCore(self, counts, memorize_every)
+        recurrence = FrameRecurrence(self, counts, memorize_every)
         first = masks[:, 0].to(device).float()
         outputs = [first]
-        core.start(frames[:, 0].to(device), first)
+        recurrence.start(frames[:, 0].to(device), first)
         for t in range(1, frames.shape[1]):
             appearing = bool((n_objects[:, t] != n_objects[:, t - 1]).any())
             new_masks = masks[:, t].to(device).float() if appearing else None
-            outputs.append(core.step(frames[:, t].to(device), optical_flows[:, t].to(device), new_masks))
+            outputs.append(recurrence.step(frames[:, t].to(device), optical_flows[:, t].to(device), new_masks))
         return torch.stack(outputs, dim=1)

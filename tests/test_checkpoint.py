@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 
+from config import cfg
 from conftest import LAYOUT, ROOT, require_shared
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
@@ -27,11 +28,11 @@ def layout_state(name):
 def test_published_layout_loads_strictly(name, network):
     state = layout_state(name)
     assert all(k.startswith('module.') for k in state)
-    net = network()
+    net = network(cfg)
     load_state_strict(net, state)
     key = next(k for k in state if k.endswith('conv1.0.weight') or k.endswith('decoder.pred2.weight'))
     assert torch.equal(net.state_dict()[key[len('module.'):]], state[key])
-    load_state_strict(network(), {k[len('module.'):]: v for k, v in state.items()})
+    load_state_strict(network(cfg), {k[len('module.'):]: v for k, v in state.items()})
 
 
 def test_mismatches_are_named():
@@ -48,7 +49,7 @@ def test_mismatches_are_named():
 
 
 def test_save_round_trip_is_published_format(tmp_path):
-    tflownet, rmnet = TinyFlowNet(), RMNet()
+    tflownet, rmnet = TinyFlowNet(), RMNet(cfg)
     path = str(tmp_path / 'ckpt.pth')
     save_checkpoint(path, published_checkpoint(tflownet, rmnet, epoch_index=3,
                                                best_metrics={'J-Mean': 0.5, 'F-Mean': 0.6, 'JF-Mean': 0.55}))
@@ -85,7 +86,7 @@ def test_truncated_and_foreign_files(tmp_path):
     with pytest.raises(CheckpointError, match='truncated.pth: not a readable PyTorch checkpoint'):
         read_checkpoint(str(truncated))
     with pytest.raises(CheckpointError, match=r'\[rmnet\] does not fit RMNet'):
-        load_networks(path, rmnet=RMNet())
+        load_networks(path, rmnet=RMNet(cfg))
     with pytest.raises(CheckpointError, match='not found'):
         read_checkpoint(str(tmp_path / 'missing.pth'))
     plain = tmp_path / 'plain.pth'

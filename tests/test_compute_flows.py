@@ -12,7 +12,7 @@ from torchvision.models.optical_flow import raft_small
 from conftest import ROOT
 from datasets.video import Video
 from utils.compute_flows import (MissingWeightsError, backward_flow, compute_flows, load_raft,
-                                 parse_args, weights_file, write_video_flows)
+                                 weights_file, write_video_flows)
 from utils.io import read_flo
 
 CPU = torch.device('cpu')
@@ -88,13 +88,6 @@ def test_missing_weights_give_a_clear_error_without_downloading(tmp_path):
         torch.hub.set_dir(previous)
     with pytest.raises(ValueError, match='unknown flow model'):
         load_raft('flownet2', CPU)
-
-
-def test_command_line_defaults():
-    args = parse_args(['--dataset', 'DAVIS', '--out', 'flows'])
-    assert (args.split, args.model, args.updates) == ('train', 'raft_large', 12)
-    with pytest.raises(SystemExit):
-        parse_args(['--dataset', 'DAVIS', '--out', 'flows', '--model', 'pwcnet'])
 
 
 def test_command_without_raft_weights_is_one_error_line(tmp_path):

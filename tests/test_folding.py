@@ -1,6 +1,7 @@
 """BatchNorm folding keeps the function of the encoders."""
 import torch
 
+from config import cfg
 from models.folding import fold_batch_norms
 from models.rmnet import RMNet
 
@@ -8,7 +9,7 @@ from models.rmnet import RMNet
 @torch.no_grad()
 def test_folded_encoders_compute_the_same_function():
     torch.manual_seed(0)
-    net = RMNet().eval()
+    net = RMNet(cfg).eval()
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)

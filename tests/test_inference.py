@@ -1,5 +1,4 @@
 """python runner.py --inference: benchmark result layouts, a user's own video, and the Python API."""
-import inspect
 import os
 import zipfile
 
@@ -68,20 +67,27 @@ def test_youtube_vos_listed_frames_object_appearing_mid_video(tmp_path, clip, sy
     assert zip_names(out / 'valid.zip') == [f'Annotations/walkers/{name}' for name in sorted(os.listdir(video_dir))]
 
 
-def user_inputs(tmp_path, clip):
-    """A frame folder, a first mask with ids 3 and 7, and a later mask with id 9 at frame 2."""
+def user_inputs(tmp_path, clip, binary_later=False):
+    """A frame folder, a first mask with ids 3 and 7, and a later mask at frame 2: a palette
+    mask of id 9, or (binary_later) a 0/255 greyscale mask."""
     frames, masks = clip
     video = frame_folder(str(tmp_path / 'frames'), frames[:4])
     first = np.select([masks[0] == 1, masks[0] == 2], [3, 7], 0).astype(np.uint8)
     later = np.zeros_like(first)
     later[5:30, 110:150] = 9
     write_palette_mask(str(tmp_path / 'first.png'), first)
-    write_palette_mask(str(tmp_path / 'later.png'), later)
+    if binary_later:
+        cv2.imwrite(str(tmp_path / 'later.png'), np.where(later > 0, 255, 0).astype(np.uint8))
+    else:
+        write_palette_mask(str(tmp_path / 'later.png'), later)
     return video, first, later
 
 
-def test_own_video_outputs_keep_user_ids(tmp_path, clip, synth_checkpoint, capsys):
-    video, first, later = user_inputs(tmp_path, clip)
+@pytest.mark.parametrize('binary_later, new_id', [(False, 9), (True, 8)])
+def test_own_video_outputs_keep_user_ids_and_take_late_objects(tmp_path, clip, synth_checkpoint, capsys,
+                                                               binary_later, new_id):
+    """A later id mask adds its new id; a later binary mask a new object with the next free id."""
+    video, first, later = user_inputs(tmp_path, clip, binary_later)
     out = tmp_path / 'out'
     assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
                         '--mask', f'2:{tmp_path / "later.png"}', '--weights', synth_checkpoint,
@@ -90,10 +96,10 @@ def test_own_video_outputs_keep_user_ids(tmp_path, clip, synth_checkpoint, capsy
     assert sorted(os.listdir(out / 'masks')) == names
     ids = [read_ids(str(out / 'masks' / name)) for name in names]
     assert np.array_equal(ids[0], first)
-    assert all(set(np.unique(mask)) <= {0, 3, 7, 9} for mask in ids)
-    assert 9 not in ids[0] and 9 not in ids[1] and (ids[2][later == 9] == 9).all()
+    assert all(set(np.unique(mask)) <= {0, 3, 7, new_id} for mask in ids)
+    assert new_id not in ids[0] and new_id not in ids[1] and (ids[2][later == 9] == new_id).all()
     assert frame_count(out / 'overlay.mp4') == 4
-    assert sorted(os.listdir(out / 'binary')) == ['3', '7', '9']
+    assert sorted(os.listdir(out / 'binary')) == sorted(['3', '7', str(new_id)])
     binary = cv2.imread(str(out / 'binary' / '7' / '00003.png'), cv2.IMREAD_UNCHANGED)
     assert binary.shape == (HEIGHT, WIDTH) and set(np.unique(binary)) <= {0, 255}
     assert np.array_equal(binary == 255, ids[3] == 7)
@@ -114,8 +120,6 @@ def test_own_video_file(tmp_path, clip, synth_checkpoint):
     assert frame_count(out / 'overlay.mp4') == 3
 
 
-@pytest.mark.skipif('short_side' not in inspect.signature(VideoSegmenter).parameters,
-                    reason='this VideoSegmenter has no short_side argument')
 def test_own_video_size_keeps_input_size(tmp_path, clip, synth_checkpoint):
     video, first, _ = user_inputs(tmp_path, clip)
     out = tmp_path / 'out'

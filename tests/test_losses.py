@@ -42,8 +42,8 @@ def random_probs(*shape, seed=0):
 def test_lovasz_of_a_perfect_prediction_is_zero():
     labels = torch.tensor([[[0, 1], [2, 1]]])
     probs = F.one_hot(labels, 4).permute(0, 3, 1, 2).float()
-    assert lovasz_softmax(probs, labels).item() == 0.0
-    assert lovasz_softmax(probs, labels, per_image=True).item() == 0.0
+    assert lovasz_softmax(probs, labels, IGNORE).item() == 0.0
+    assert lovasz_softmax(probs, labels, IGNORE, per_image=True).item() == 0.0
 
 
 def test_lovasz_by_hand_on_two_pixels():
@@ -51,7 +51,7 @@ def test_lovasz_by_hand_on_two_pixels():
     # class 0: errors (0.2 bg, 0.3 fg) -> weights 1, 0     -> 0.3   mean 0.275
     probs = torch.tensor([[0.2, 0.7], [0.8, 0.3]])[None]       # (1, C=2, P=2)
     labels = torch.tensor([[1, 0]])
-    assert lovasz_softmax(probs, labels).item() == pytest.approx(0.275)
+    assert lovasz_softmax(probs, labels, IGNORE).item() == pytest.approx(0.275)
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -59,7 +59,7 @@ def test_lovasz_matches_its_definition(seed):
     probs = random_probs(1, 3, 7, seed=seed)
     labels = torch.randint(0, 2, (1, 7), generator=torch.Generator().manual_seed(seed))
     expected = brute_force_lovasz(probs[0], labels[0].tolist())
-    assert lovasz_softmax(probs, labels).item() == pytest.approx(expected, abs=1e-6)
+    assert lovasz_softmax(probs, labels, IGNORE).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_lovasz_uses_present_classes_only():
@@ -67,16 +67,16 @@ def test_lovasz_uses_present_classes_only():
     labels = torch.randint(0, 2, (2, 4, 5), generator=torch.Generator().manual_seed(3))
     other = probs.clone()
     other[:, 2] = torch.rand(2, 4, 5)          # class 2 is absent: its channel does not count
-    assert lovasz_softmax(other, labels).item() == pytest.approx(
-        lovasz_softmax(probs, labels).item())
+    assert lovasz_softmax(other, labels, IGNORE).item() == pytest.approx(
+        lovasz_softmax(probs, labels, IGNORE).item())
 
 
 def test_per_image_is_the_mean_of_each_image():
     probs = random_probs(3, 4, 6, 6)
     labels = torch.randint(0, 4, (3, 6, 6), generator=torch.Generator().manual_seed(1))
     labels[2] = IGNORE                         # an image with no valid pixel is skipped
-    single = [lovasz_softmax(probs[i:i + 1], labels[i:i + 1]) for i in range(2)]
-    assert lovasz_softmax(probs, labels, per_image=True).item() == pytest.approx(
+    single = [lovasz_softmax(probs[i:i + 1], labels[i:i + 1], IGNORE) for i in range(2)]
+    assert lovasz_softmax(probs, labels, IGNORE, per_image=True).item() == pytest.approx(
         (single[0] + single[1]).item() / 2)
 
 
@@ -87,14 +87,14 @@ def test_ignored_pixels_change_nothing():
     changed = probs.clone()
     changed[0, :, :2] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
     for per_image in (False, True):
-        assert lovasz_softmax(changed, labels, per_image=per_image).item() == pytest.approx(
-            lovasz_softmax(probs, labels, per_image=per_image).item())
-    assert nll_loss(changed, labels).item() == pytest.approx(nll_loss(probs, labels).item())
+        assert lovasz_softmax(changed, labels, IGNORE, per_image=per_image).item() == pytest.approx(
+            lovasz_softmax(probs, labels, IGNORE, per_image=per_image).item())
+    assert nll_loss(changed, labels, IGNORE).item() == pytest.approx(nll_loss(probs, labels, IGNORE).item())
     # and the same as the loss of the valid pixels alone
     valid = labels != IGNORE
     flat_probs = probs.permute(1, 0, 2, 3)[:, valid][None]
-    assert lovasz_softmax(probs, labels).item() == pytest.approx(
-        lovasz_softmax(flat_probs, labels[valid][None]).item())
+    assert lovasz_softmax(probs, labels, IGNORE).item() == pytest.approx(
+        lovasz_softmax(flat_probs, labels[valid][None], IGNORE).item())
 
 
 def numpy_softmax(logits, axis):
@@ -110,7 +110,7 @@ def test_nll_is_minus_log_of_the_true_class_probability():
     keep = labels.numpy() != IGNORE
     true_class = np.take_along_axis(probs, np.where(keep, labels.numpy(), 0)[:, None], 1)[:, 0]
     expected = -np.log(true_class[keep]).mean()
-    assert nll_loss(logits, labels).item() == pytest.approx(expected, abs=1e-5)
+    assert nll_loss(logits, labels, IGNORE).item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_segmentation_loss_terms_against_numpy():
@@ -121,7 +121,7 @@ def test_segmentation_loss_terms_against_numpy():
     logits[0, 1, 2, 0, 0] = -30                                       # p ~ 1e-14 (finite log)
     labels = torch.randint(0, 3, (2, 3, 3, 4), generator=generator)
     labels[0, 1, 0, 0] = 2
-    lovasz, nll = segmentation_loss_terms(logits, labels)
+    lovasz, nll = segmentation_loss_terms(logits, labels, IGNORE)
 
     probs = numpy_softmax(logits.double().numpy(), axis=2)[:, 1:]     # frames 1 and 2
     flat_probs = probs.transpose(2, 0, 1, 3, 4).reshape(4, -1)        # (K, pixels)
@@ -132,7 +132,7 @@ def test_segmentation_loss_terms_against_numpy():
     assert lovasz.item() == pytest.approx(expected_lovasz, abs=1e-5)
     changed = logits.clone()
     changed[:, 0] = 0.25                                              # frame 0 is not scored
-    assert torch.equal(torch.stack(segmentation_loss_terms(changed, labels)), torch.stack((lovasz, nll)))
+    assert torch.equal(torch.stack(segmentation_loss_terms(changed, labels, IGNORE)), torch.stack((lovasz, nll)))
 
 
 def test_gradient_is_finite_where_the_true_class_probability_underflows():
@@ -141,8 +141,8 @@ def test_gradient_is_finite_where_the_true_class_probability_underflows():
     logits = torch.tensor([[[0.0, 3.0], [-200.0, 1.0]]], requires_grad=True)   # (1, C=2, P=2)
     labels = torch.tensor([[1, 0]])
     assert torch.softmax(logits, 1)[0, 1, 0].item() == 0.0
-    nll = nll_loss(logits, labels)
-    lovasz = lovasz_softmax(torch.softmax(logits, 1), labels)
+    nll = nll_loss(logits, labels, IGNORE)
+    lovasz = lovasz_softmax(torch.softmax(logits, 1), labels, IGNORE)
     (nll + lovasz).backward()
     p_other = 1 / (1 + math.exp(-2.0))                 # pixel 1: softmax of (3, 1), class 0
     assert nll.item() == pytest.approx((200 - math.log(p_other)) / 2, rel=1e-6)
@@ -154,8 +154,8 @@ def test_gradient_is_finite_where_the_true_class_probability_underflows():
 def test_losses_without_valid_pixels_are_zero_with_a_gradient():
     logits = torch.randn(1, 2, 2, requires_grad=True)
     ignored = torch.full((1, 2), IGNORE)
-    for value in (nll_loss(logits, ignored), lovasz_softmax(torch.softmax(logits, 1), ignored),
-                  lovasz_softmax(torch.softmax(logits, 1), ignored, per_image=True)):
+    for value in (nll_loss(logits, ignored, IGNORE), lovasz_softmax(torch.softmax(logits, 1), ignored, IGNORE),
+                  lovasz_softmax(torch.softmax(logits, 1), ignored, IGNORE, per_image=True)):
         value.backward()
         assert value.item() == 0.0
     assert torch.equal(logits.grad, torch.zeros_like(logits))
@@ -167,10 +167,10 @@ def test_ignored_pixels_give_the_gradient_of_the_valid_pixels_alone():
     labels[0, :2] = IGNORE
     valid = labels != IGNORE
     whole = logits.clone().requires_grad_(True)
-    (lovasz_softmax(torch.softmax(whole, 1), labels) + nll_loss(whole, labels)).backward()
+    (lovasz_softmax(torch.softmax(whole, 1), labels, IGNORE) + nll_loss(whole, labels, IGNORE)).backward()
     alone = logits.permute(1, 0, 2, 3)[:, valid][None].clone().requires_grad_(True)   # (1, C, P)
-    (lovasz_softmax(torch.softmax(alone, 1), labels[valid][None])
-     + nll_loss(alone, labels[valid][None])).backward()
+    (lovasz_softmax(torch.softmax(alone, 1), labels[valid][None], IGNORE)
+     + nll_loss(alone, labels[valid][None], IGNORE)).backward()
     assert torch.allclose(whole.grad.permute(1, 0, 2, 3)[:, valid], alone.grad[0], atol=1e-7)
     assert torch.equal(whole.grad.permute(1, 0, 2, 3)[:, ~valid], torch.zeros(3, int((~valid).sum())))
 
@@ -190,7 +190,7 @@ def test_lovasz_of_an_all_wrong_prediction_is_one():
     for labels in itertools.product((0, 1), repeat=3):
         labels = torch.tensor([labels])
         probs = F.one_hot(1 - labels, 2).permute(0, 2, 1).float()
-        assert lovasz_softmax(probs, labels).item() == pytest.approx(1.0)
+        assert lovasz_softmax(probs, labels, IGNORE).item() == pytest.approx(1.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
@@ -200,11 +200,11 @@ def test_mask_losses_and_their_gradient_do_not_synchronise_on_the_gpu():
     labels = torch.randint(0, 4, (2, 3, 64, 64), generator=generator)
     labels[:, :, :5] = IGNORE
     labels = labels.cuda()
-    reference = segmentation_loss_terms(logits.detach().cpu(), labels.cpu())
+    reference = segmentation_loss_terms(logits.detach().cpu(), labels.cpu(), IGNORE)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
-        lovasz, nll = segmentation_loss_terms(logits, labels)
+        lovasz, nll = segmentation_loss_terms(logits, labels, IGNORE)
         (lovasz + nll).backward()
     finally:
         torch.cuda.set_sync_debug_mode('default')

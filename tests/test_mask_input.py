@@ -9,8 +9,7 @@ from PIL import Image
 
 from conftest import DAVIS_TRAIN, require_shared
 from utils.io import PALETTE, read_mask, write_palette_mask
-from utils.mask_input import (MaskError, parse_mask_spec, read_first_mask, read_given_masks,
-                              to_user_ids)
+from utils.mask_input import MaskError, parse_mask_spec, read_first_mask, read_given_masks
 
 SIZE = (120, 160)
 
@@ -48,7 +47,7 @@ def test_palette_ids_3_and_7_are_renumbered_with_a_mapping(tmp_path):
     assert (mask.n_objects, mask.labels) == (2, (3, 7))
     assert np.array_equal(mask.ids, np.select([user == 3, user == 7], [1, 2], 0))  # void read as background
     assert mask.colours.tolist() == [PALETTE[3].tolist(), PALETTE[7].tolist()]
-    assert np.array_equal(to_user_ids(mask.ids, mask.labels), np.where(user == 255, 0, user))
+    assert np.array_equal(np.asarray((0,) + mask.labels)[mask.ids], np.where(user == 255, 0, user))
 
 
 def test_antialiased_greyscale_mask_is_one_object(tmp_path):
@@ -157,8 +156,8 @@ def test_masks_of_later_frames_share_one_numbering(tmp_path):
     given = read_given_masks([f'30:{tmp_path / "b.png"}', str(tmp_path / 'a.png')], size=SIZE)
     assert (given.n_objects, given.labels, given.first_frames) == (2, (4, 9), (0, 30))
     assert sorted(given.masks) == [0, 30]
-    assert np.array_equal(given.masks[0], (first == 4).astype(np.uint8))
-    assert np.array_equal(given.masks[30], np.select([later == 4, later == 9], [1, 2], 0))
+    assert np.array_equal(given.masks[0], first)                      # the user's ids
+    assert np.array_equal(given.masks[30], later)
     with pytest.raises(MaskError, match='frame 0 already has a mask'):
         read_given_masks([str(tmp_path / 'a.png'), f'0:{tmp_path / "b.png"}'])
     write_palette_mask(str(tmp_path / 'c.png'), np.where(later == 9, 9, 0).astype(np.uint8))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import models.packed_memory as packed_memory
-from models.memory_reader import read_memory_dense
+from models.memory_read import read_memory_dense
 from models.packed_memory import PackedMemoryBank, pack_order, read_packed_torch
 from utils.cuda_graph import GraphedStep
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from config import cfg
 from conftest import PUBLISHED, normalise, require_shared
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
@@ -20,7 +21,7 @@ def published(synth_checkpoint):
     frames = np.stack([read_frame(p) for p in sorted(glob.glob(f'{clip}/JPEGImages/480p/synth/*.jpg'))])
     masks = np.stack([read_mask(p) for p in sorted(glob.glob(f'{clip}/Annotations/480p/synth/*.png'))])
     expected = dict(np.load(os.path.join(PUBLISHED, 'expected.npz')))
-    tflownet, rmnet = TinyFlowNet().eval(), RMNet().eval()
+    tflownet, rmnet = TinyFlowNet().eval(), RMNet(cfg).eval()
     load_networks(synth_checkpoint, tflownet=tflownet, rmnet=rmnet)
     return {'frames': normalise(frames)[None], 'masks': torch.from_numpy(masks).long(),
             'expected': expected, 'tflownet': tflownet, 'rmnet': rmnet}

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from config import cfg
 from conftest import PUBLISHED, normalise, require_shared
-from models.memory_reader import read_memory_dense
-from models.rmnet import ObjectIndex, RMNet, warp_backward
+from models.memory_read import read_memory_dense
+from models.object_manager import ObjectIndex
+from models.rmnet import RMNet, warp_backward
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import load_networks
 from utils.io import read_frame, read_mask
@@ -73,7 +75,7 @@ def test_whole_model_same_on_cpu_and_gpu(synth_checkpoint):
     n_objects = torch.full((1, 8), 2)
     outputs = {}
     for device in ('cpu', 'cuda'):
-        tflownet, rmnet = TinyFlowNet().eval(), RMNet().eval()
+        tflownet, rmnet = TinyFlowNet().eval(), RMNet(cfg).eval()
         load_networks(synth_checkpoint, tflownet=tflownet, rmnet=rmnet)
         tflownet.to(device), rmnet.to(device)
         with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):

@@ -19,7 +19,7 @@ from utils.metrics import boundary_f, region_similarity
 
 @pytest.fixture(scope='module')
 def networks(synth_checkpoint):
-    tflownet, rmnet = TinyFlowNet(), RMNet()
+    tflownet, rmnet = TinyFlowNet(), RMNet(default_cfg)
     load_networks(synth_checkpoint, tflownet=tflownet, rmnet=rmnet)
     return tflownet, rmnet
 
@@ -53,6 +53,27 @@ def test_regional_read_matches_the_published_dense_path(networks, published_clip
     assert (fast.argmax(1) == dense.argmax(1)).float().mean() >= 0.999
 
 
+def assert_matches_published_tta(probs, expected):
+    """The tolerances of shared/fixtures/published_outputs/README.md."""
+    difference = np.abs(probs[:, :3] - expected).max(axis=(1, 2, 3))
+    assert difference[:5].max() < 1e-3, difference
+    assert difference.max() < 1e-2, difference
+    top_two = np.sort(expected, axis=1)[:, -2:]
+    decided = top_two[:, 1] - top_two[:, 0] > 1e-2
+    agreement = (probs.argmax(axis=1) == expected.argmax(axis=1))[decided].mean()
+    assert agreement >= 0.9999, agreement
+
+
+@pytest.mark.parametrize('flip', [False, True])
+def test_test_time_augmentation_matches_the_published_code(networks, published_clip, flip):
+    frames, first_mask = published_clip
+    expected = np.load(os.path.join(PUBLISHED, 'expected_tta.npz'))['probs_scales_flip' if flip else 'probs_scales']
+    seg = segmenter(networks, REGIONAL_READ=False, FRAME_SCALES=[0.75, 1.0, 1.25], FLIP_LR=flip)
+    probs = probabilities(seg, frames, first_mask).numpy()
+    assert probs.shape == (8, 11, 150, 270)
+    assert_matches_published_tta(probs, expected)
+
+
 def test_masks_stream_with_the_given_ids(networks, published_clip):
     frames, first_mask = published_clip
     ids = np.where(first_mask == 2, 9, np.where(first_mask == 1, 4, 0)).astype(np.uint8)
@@ -73,14 +94,40 @@ def test_network_size_and_results_at_input_size(networks, published_clip):
     assert all(m.shape == first_mask.shape for m in masks)
 
 
-def test_object_added_later(networks, published_clip):
+@pytest.mark.parametrize('kind', ['bool', '0/1', '0/255', 'id mask'])
+def test_object_added_later(networks, published_clip, kind):
     frames, first_mask = published_clip
     seg = segmenter(networks)
-    seg.add_object(2, (first_mask == 2))
+    second = first_mask == 2
+    if kind == 'id mask':
+        seg.add_object(2, np.where(second, 3, 0).astype(np.uint8))
+    else:
+        mask = {'bool': second, '0/1': second.astype(np.uint8), '0/255': second.astype(np.uint8) * 255}[kind]
+        seg.add_object(2, mask, object_id=3)
     only_first = np.where(first_mask == 1, 1, 0).astype(np.uint8)
-    probs = probabilities(seg, frames[:4], only_first)
-    assert probs[1, 2].max() < 1e-6                              # not there before frame 2
-    assert torch.equal(probs[2].argmax(0) == 2, torch.from_numpy(first_mask == 2))
+    masks = list(seg.segment(frames[:4], only_first))
+    assert 3 not in masks[0] and 3 not in masks[1]              # not there before frame 2
+    assert np.array_equal(masks[2] == 3, second)
+    assert (masks[3] == 3).any()
+
+
+def test_a_later_mask_that_adds_nothing_is_an_error(networks, published_clip):
+    frames, first_mask = published_clip
+    seg = segmenter(networks)
+    seg.add_object(2, np.where(first_mask == 1, 1, 0).astype(np.uint8))
+    with pytest.raises(SegmentationError, match=r'frame 2 adds no object: its id\(s\) 1 are already known'):
+        list(seg.segment(frames[:3], first_mask))
+
+
+def test_several_videos_in_a_row_give_the_same_masks(networks, published_clip):
+    frames, first_mask = published_clip
+    seg = segmenter(networks)
+    first_run = list(seg.segment(frames[:4], first_mask))
+    seg.add_object(2, first_mask == 2, object_id=5)
+    list(seg.segment(frames[:3], np.where(first_mask == 1, 1, 0).astype(np.uint8)))
+    again = list(seg.segment(frames[:4], first_mask))          # the added object was for one video
+    assert all(np.array_equal(a, b) for a, b in zip(first_run, again))
+    assert not seg.rmnet.training and next(seg.rmnet.parameters()).dtype == torch.float32
 
 
 def test_bad_inputs_are_named(networks, published_clip):
@@ -99,6 +146,9 @@ def test_bad_inputs_are_named(networks, published_clip):
         list(seg.segment([frames[0], frames[1][:100]], first_mask))
     with pytest.raises(SegmentationError, match='after the first'):
         seg.add_object(0, first_mask)
+    with pytest.raises(SegmentationError, match='before segment'):
+        for _ in seg.segment(frames[:2], first_mask):
+            seg.add_object(1, first_mask == 2, object_id=4)
 
 
 def real_clips(n_frames=20):
@@ -112,14 +162,57 @@ def real_clips(n_frames=20):
     return clips
 
 
+def fast_and_dense_on_the_gpu(networks, frames, first_mask, **options):
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        dense = probabilities(segmenter(networks, 'cuda', REGIONAL_READ=False, **options), frames, first_mask)
+        fast = probabilities(segmenter(networks, 'cuda', REGIONAL_READ=True, **options), frames, first_mask)
+    return fast, dense
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 def test_fast_paths_on_the_gpu(networks, published_clip):
-    frames, first_mask = published_clip
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        dense = probabilities(segmenter(networks, 'cuda', REGIONAL_READ=False), frames, first_mask)
-        fast = probabilities(segmenter(networks, 'cuda', REGIONAL_READ=True), frames, first_mask)
+    fast, dense = fast_and_dense_on_the_gpu(networks, *published_clip)
     difference = (fast - dense[:, :fast.shape[1]]).abs().amax(dim=(1, 2, 3))
     assert difference[:5].max() < 1e-4 and difference.max() < 1e-3, difference
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_videos_in_a_row_reuse_the_graphs_on_the_gpu(networks, published_clip):
+    frames, first_mask = published_clip
+    seg = segmenter(networks, 'cuda', FRAME_SCALES=[1.0, 1.25], FLIP_LR=True)
+    other = [np.ascontiguousarray(frame[:, ::-1]) for frame in frames[:5]]
+    list(seg.segment(other, np.ascontiguousarray(first_mask[:, ::-1])))
+    recurrence = seg.branches[1][0].recurrence
+    graph = recurrence.graphed.graph
+    again = probabilities(seg, frames, first_mask)
+    assert seg.branches[1][0].recurrence is recurrence and recurrence.graphed.graph is graph
+    fresh = probabilities(segmenter(networks, 'cuda', FRAME_SCALES=[1.0, 1.25], FLIP_LR=True), frames, first_mask)
+    assert (again - fresh).abs().max() < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+@pytest.mark.parametrize('flip', [False, True])
+def test_fast_test_time_augmentation_on_the_gpu(networks, published_clip, flip):
+    """A CUDA graph per variant gives the dense path's and the published result."""
+    fast, dense = fast_and_dense_on_the_gpu(networks, *published_clip, FRAME_SCALES=[0.75, 1.0, 1.25], FLIP_LR=flip)
+    difference = (fast - dense[:, :fast.shape[1]]).abs().amax(dim=(1, 2, 3))
+    assert difference[:5].max() < 1e-3 and difference.max() < 1e-2, difference
+    expected = np.load(os.path.join(PUBLISHED, 'expected_tta.npz'))['probs_scales_flip' if flip else 'probs_scales']
+    assert_matches_published_tta(fast.numpy(), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_fast_path_without_triton_on_the_gpu(networks, published_clip, monkeypatch):
+    """RMNET_NO_TRITON=1: the graph-safe PyTorch read inside the CUDA graphs gives the Triton
+    path's and the dense path's result."""
+    frames, first_mask = published_clip
+    fast, dense = fast_and_dense_on_the_gpu(networks, frames, first_mask)
+    monkeypatch.setenv('RMNET_NO_TRITON', '1')
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        no_triton = probabilities(segmenter(networks, 'cuda', REGIONAL_READ=True), frames, first_mask)
+    for reference in (fast, dense[:, :fast.shape[1]]):
+        difference = (no_triton - reference).abs().amax(dim=(1, 2, 3))
+        assert difference[:5].max() < 1e-4 and difference.max() < 1e-3, difference
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
@@ -127,7 +220,7 @@ def test_bf16_agrees_with_fp32_on_real_clips():
     weights = os.environ.get('RMNET_TRAINED_WEIGHTS')
     if not weights:
         pytest.skip('needs trained weights (RMNET_TRAINED_WEIGHTS): untrained networks give near-ties')
-    networks = TinyFlowNet(), RMNet()
+    networks = TinyFlowNet(), RMNet(default_cfg)
     load_networks(weights, tflownet=networks[0], rmnet=networks[1])
     for clip_frames, mask in real_clips():
         fp32 = list(segmenter(networks, 'cuda', PRECISION='fp32').segment(clip_frames, mask))

@@ -102,7 +102,7 @@ def test_tiny_flownet_training_and_bad_settings(data_root, tmp_path):
 def test_missing_imagenet_weights_are_explained(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
     with pytest.raises(TrainingError, match='PRETRAINED_BACKBONE False'):
-        load_imagenet_backbones(RMNet())
+        load_imagenet_backbones(RMNet(global_cfg))
 
 
 def test_a_failing_batch_stops_training(data_root, tmp_path):
@@ -135,7 +135,7 @@ def test_two_process_ddp_keeps_identical_weights(data_root, tmp_path):
     rank0 = torch.load(tmp_path / 'rank0.pt')
     rank1 = torch.load(tmp_path / 'rank1.pt')
     changed = False
-    initial = RMNet().state_dict()
+    initial = RMNet(global_cfg).state_dict()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
         changed |= not torch.equal(rank0[key], initial[key])
@@ -147,7 +147,7 @@ def test_calibration_makes_random_weights_trainable():
     """Random encoders with frozen BatchNorm saturate; calibration gives soft scores and p = 0.5."""
     from models.initialization import calibrate_random_rmnet, init_new_layers
     torch.manual_seed(0)
-    net = RMNet().eval()
+    net = RMNet(global_cfg).eval()
     for module in (net.kv_memory, net.kv_query, net.decoder):
         init_new_layers(module)
     frames, masks = torch.randn(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.7).float()

@@ -17,6 +17,8 @@ from datasets.video_clips import (ConcatWithRepeats, VideoClipDataset, build_tra
                                   max_frame_step, sample_frame_indexes, with_teacher_flows)
 from utils.io import DataError, read_frame, write_flo
 
+VOID = default_cfg.CONST.IGNORE_IDX
+
 
 def identity(clip, rng):
     return clip
@@ -65,7 +67,7 @@ def test_clip_frames_masks_and_flows_come_from_the_sampled_frames(tmp_path):
     for index in range(1, 12):
         written[index] = rng.normal(size=(480, 854, 2)).astype(np.float32)
         write_flo(video.flow_paths[index], written[index])
-    dataset = VideoClipDataset('DAVIS', [video], identity, n_frames=3, seed=3)
+    dataset = VideoClipDataset('DAVIS', [video], identity, n_frames=3, seed=3, ignore_index=VOID)
     dataset.set_frame_step(4)
     clip = dataset[0]
     indexes = dataset.frame_indexes(0, sample_rng(3, 0, 0))
@@ -83,7 +85,7 @@ def test_missing_flows_are_zero_with_one_warning(tmp_path, caplog):
               davis_video('rollerblade', n_frames=5)]           # no flow paths at all
     write_flo(videos[0].flow_paths[2], np.ones((480, 854, 2), np.float32))
     with caplog.at_level(logging.WARNING):
-        dataset = VideoClipDataset('DAVIS', videos, identity, n_frames=3)
+        dataset = VideoClipDataset('DAVIS', videos, identity, n_frames=3, seed=0, ignore_index=VOID)
         for epoch in range(3):
             dataset.set_epoch(epoch)
             clips = [dataset[0], dataset[1]]
@@ -95,7 +97,7 @@ def test_missing_flows_are_zero_with_one_warning(tmp_path, caplog):
 
 def test_bad_files_raise_errors_naming_them(tmp_path):
     video = davis_video('dog-agility', str(tmp_path), n_frames=3)
-    dataset = VideoClipDataset('DAVIS', [video], identity, n_frames=3)
+    dataset = VideoClipDataset('DAVIS', [video], identity, n_frames=3, seed=0, ignore_index=VOID)
     os.makedirs(os.path.dirname(video.flow_paths[1]))
     with open(video.flow_paths[1], 'wb') as f:
         f.write(b'not a flow')
@@ -107,12 +109,12 @@ def test_bad_files_raise_errors_naming_them(tmp_path):
     missing_frame = Video(name='gone', frame_paths=[str(tmp_path / 'gone.jpg')], given_masks={},
                           output_names=['gone'], ground_truth={0: video.ground_truth[0]})
     with pytest.raises(DataError, match='gone.jpg: frame not found'):
-        VideoClipDataset('DAVIS', [missing_frame], identity, n_frames=3)[0]
+        VideoClipDataset('DAVIS', [missing_frame], identity, n_frames=3, seed=0, ignore_index=VOID)[0]
 
 
 def test_a_one_frame_video_repeats_it_with_zero_flows(tmp_path):
     video = davis_video('bear', str(tmp_path), n_frames=1)
-    clip = VideoClipDataset('DAVIS', [video], identity, n_frames=3)[0]
+    clip = VideoClipDataset('DAVIS', [video], identity, n_frames=3, seed=0, ignore_index=VOID)[0]
     assert all(np.array_equal(f, clip['frames'][0]) for f in clip['frames'])
     assert all(np.all(f == 0) for f in clip['flows'])
 
@@ -123,18 +125,18 @@ def test_binary_videos_have_one_object(tmp_path):
     Image.fromarray(mask).save(tmp_path / '00000.png')
     video = davis_video('bear', n_frames=1, binary=True)
     video.ground_truth = {0: str(tmp_path / '00000.png')}
-    clip = VideoClipDataset('DAVIS2016', [video], identity, n_frames=3)[0]
+    clip = VideoClipDataset('DAVIS2016', [video], identity, n_frames=3, seed=0, ignore_index=VOID)[0]
     assert set(np.unique(clip['masks'][0])) == {0, 1}
 
 
 def test_videos_without_annotations_are_skipped_and_steps_validated():
     videos = [davis_video('bear', n_frames=4), Video('empty', ['x.jpg'], {}, ['x'])]
-    dataset = VideoClipDataset('DAVIS', videos, identity, n_frames=3)
+    dataset = VideoClipDataset('DAVIS', videos, identity, n_frames=3, seed=0, ignore_index=VOID)
     assert len(dataset) == 1
     with pytest.raises(ValueError, match='at least 1'):
         dataset.set_frame_step(0)
     with pytest.raises(DataError, match='no video with annotated frames'):
-        VideoClipDataset('DAVIS', videos[1:], identity, n_frames=3)
+        VideoClipDataset('DAVIS', videos[1:], identity, n_frames=3, seed=0, ignore_index=VOID)
 
 
 class Items:
@@ -211,7 +213,7 @@ def test_clips_start_where_an_object_is_visible(tmp_path):
         Image.fromarray(mask, mode='L').save(masks[i])
     video = Video('late', frames, {3: masks[3]}, [f'{i:05d}' for i in range(10)],
                   ground_truth=masks)
-    dataset = VideoClipDataset('YOUTUBE_VOS', [video], identity, n_frames=3)
+    dataset = VideoClipDataset('YOUTUBE_VOS', [video], identity, n_frames=3, seed=0, ignore_index=VOID)
     starts = []
     for epoch in range(20):
         dataset.set_epoch(epoch)

@@ -5,6 +5,7 @@
 For every clip length and object count it runs the published dense fp32 path and the fast
 regional fp32 and bf16 paths one after another on the same GPU and reports frames per
 second (whole loop: upload, flow, memory, decode, mask download) and peak GPU memory.
+--scales and --flip measure test-time augmentation (e.g. --scales 0.75 1.0 1.25 --flip).
 """
 import argparse
 import copy
@@ -60,10 +61,13 @@ def synthetic_clip(n_frames: int, n_objects: int, height: int, width: int, seed:
     return frames, first_mask
 
 
-def run_once(tflownet, rmnet, frames, first_mask, regional: bool, precision: str) -> Dict[str, float]:
+def run_once(tflownet, rmnet, frames, first_mask, regional: bool, precision: str,
+             scales: List[float], flip: bool) -> Dict[str, float]:
     cfg = copy.deepcopy(default_cfg)
     cfg.TEST.REGIONAL_READ = regional
     cfg.TEST.PRECISION = precision
+    cfg.TEST.FRAME_SCALES = list(scales)
+    cfg.TEST.FLIP_LR = flip
     segmenter = VideoSegmenter(None, 'cuda', cfg=cfg, tflownet=tflownet, rmnet=rmnet)
     for _ in segmenter.segment(frames[:6], first_mask):   # warm-up: kernels, autotuning, graphs
         pass
@@ -93,6 +97,9 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument('--weights', default=None, help='checkpoint (default: random weights)')
     parser.add_argument('--dense-max-frames', type=int, default=100,
                         help='skip the dense path on longer clips (it is slow)')
+    parser.add_argument('--scales', type=float, nargs='+', default=list(default_cfg.TEST.FRAME_SCALES),
+                        help='TEST.FRAME_SCALES (test-time augmentation)')
+    parser.add_argument('--flip', action='store_true', help='TEST.FLIP_LR (test-time augmentation)')
     parser.add_argument('--out', default='benchmark.json')
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -104,7 +111,8 @@ def main(argv: List[str] = None) -> None:
     tflownet.cuda().eval()
     rmnet.cuda().eval()
     results = {'device': torch.cuda.get_device_name(), 'torch': torch.__version__,
-               'size': [args.height, args.width], 'weights': args.weights or 'random', 'runs': []}
+               'size': [args.height, args.width], 'weights': args.weights or 'random',
+               'scales': args.scales, 'flip': args.flip, 'runs': []}
     print(f"{results['device']}, torch {torch.__version__}, {args.width}x{args.height}")
     print(f"{'frames':>6} {'objects':>7} " + ' '.join(f'{p + " fps":>15} {"GiB":>6}' for p in args.paths))
     for n_frames in args.frames:
@@ -116,7 +124,8 @@ def main(argv: List[str] = None) -> None:
                     row += f'{"-":>15} {"-":>6} '
                     continue
                 regional, precision = PATHS[path]
-                measured = run_once(tflownet, rmnet, frames, first_mask, regional, precision)
+                measured = run_once(tflownet, rmnet, frames, first_mask, regional, precision,
+                                    args.scales, args.flip)
                 results['runs'].append({'frames': n_frames, 'objects': n_objects, 'path': path, **measured})
                 row += f'{measured["fps"]:>15.1f} {measured["peak_gib"]:>6.2f} '
             print(row, flush=True)

@@ -23,8 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.memory_bank import StaticMemoryBank  # noqa: E402
-from models.memory_reader import read_memory_regional  # noqa: E402
+from models.memory_bank import StaticMemoryBank  # noqa: E402
 from models.packed_memory import PackedMemoryBank, pack_order, pack_positions  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 
@@ -100,8 +99,7 @@ def measure(kept: int, dtype_name: str, args, device) -> Tuple[List[Dict], List[
     useful_flops = 2.0 * float((memory_positions * query_positions).sum()) * (KEY_DIM + VALUE_DIM)
 
     def read_static():
-        keys, values, regions, count = static.read_set()
-        return read_memory_regional(keys, values, regions, query_key, query_value, query_region, count)
+        return static.read(query_key, query_value, query_region)
 
     def read_packed():
         return packed.read(query_key, query_value, query_region)

@@ -12,21 +12,19 @@ import csv
 import glob
 import io
 import logging
-import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from utils.cli import ignore_interrupts, run_command
+from utils.cli import run_command
 from utils.io import DataError, atomic_write, read_mask
 from utils.output_safety import check_names
 from utils.metrics import Statistics, sequence_scores, statistics
+from utils.scoring_pool import ScoringPool
 
 logger = logging.getLogger(__name__)
 
@@ -203,28 +201,13 @@ def _score_files(job: Tuple[str, str, str, str, bool]) -> List[ObjectRecord]:
     return evaluate_sequence(name, gt, pred, binary=binary)
 
 
-def _init_worker() -> None:
-    ignore_interrupts()
-    cv2.setNumThreads(1)
-
-
 def _score_all(jobs: List[Tuple[str, str, str, str, bool]], workers: int) -> Dict[str, List[ObjectRecord]]:
-    """Score every job, in worker processes when workers > 1 (spawned: safe under CUDA and on
-    every platform)."""
-    progress = dict(total=len(jobs), desc='Evaluating', unit='video')
-    if workers <= 1 or len(jobs) <= 1:
-        return {job[0]: _score_files(job) for job in tqdm(jobs, **progress)}
-    results: Dict[str, List[ObjectRecord]] = {}
-    context = multiprocessing.get_context('spawn')
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker) as pool:
-        futures = {pool.submit(_score_files, job): job[0] for job in jobs}
-        try:
-            for future in tqdm(as_completed(futures), **progress):
-                results[futures[future]] = future.result()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    return results
+    """Score every job, in worker processes when workers > 1."""
+    with ScoringPool(min(workers, len(jobs))) as pool:
+        for job in jobs:
+            pool.submit(_score_files, job)
+        scored = tqdm(pool.results(), total=len(jobs), desc='Evaluating', unit='video')
+        return {job[0]: records for job, records in zip(jobs, scored)}
 
 
 def evaluate_folder(results_dir: str, davis_root: str, split: str, year: int = 2017, workers: int = 2,

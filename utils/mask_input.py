@@ -11,8 +11,9 @@ Kinds of mask files:
   antialiasing or resizing edges are one pixel wide, so they have none); every other pixel
   goes to the nearest main colour. Colours of the DAVIS palette keep their palette index as id.
   A photo given by mistake is refused: too few of its pixels are near a main colour.
-Object ids are renumbered 1..n; `labels` gives the user's id of each object so that outputs
-can be written with the user's numbering.
+A single file (read_first_mask) is renumbered 1..n, `labels` giving the user's id of each
+object; the masks of several frames (read_given_masks) keep the user's ids. A binary mask
+given for a later frame is a new object with the next free id.
 """
 import argparse
 import logging
@@ -49,11 +50,14 @@ class InputMask(NamedTuple):
 
 class GivenMasks(NamedTuple):
     """The masks given for several frames, with one object numbering shared by all of them."""
-    masks: Dict[int, np.ndarray]    # frame index -> (H, W) uint8 ids 1..n (objects of that file only)
+    masks: Dict[int, np.ndarray]    # frame index -> (H, W) uint8 user ids (objects of that file only)
     n_objects: int
     labels: Tuple[int, ...]
     colours: np.ndarray             # (n, 3) uint8 RGB
     first_frames: Tuple[int, ...]   # first_frames[k - 1]: the first frame whose mask holds object k
+
+
+BINARY = 'binary'   # the key of the object of a binary mask: a new object in every later file
 
 
 class _Object(NamedTuple):
@@ -74,7 +78,7 @@ def _single_channel(values: np.ndarray) -> Tuple[np.ndarray, List[_Object]]:
         top = int(others.max())
     half = 128 if top <= 255 else 32768
     if top >= half:
-        return (values >= half).astype(np.int32), [_Object(1, 1, tuple(PALETTE[1].tolist()))]
+        return (values >= half).astype(np.int32), [_Object(BINARY, 1, tuple(PALETTE[1].tolist()))]
     ids = sorted(int(v) for v in np.unique(values) if v != 0)
     lookup = np.zeros(top + 1, np.int32)
     lookup[ids] = np.arange(1, len(ids) + 1)
@@ -254,11 +258,14 @@ def read_given_masks(specs: Sequence[Union[str, Tuple[int, str]]], size: Optiona
         read[frame] = (path,) + _read(path, size, resize, max_objects)
     if not read:
         raise MaskError('no mask given: at least the first frame needs one')
-    masks: Dict[int, np.ndarray] = {}
+    numbered: Dict[int, np.ndarray] = {}
     for frame in sorted(read):
         path, index_map, file_objects = read[frame]
         lookup = np.zeros(len(file_objects) + 1, np.int32)
         for index, obj in enumerate(file_objects, 1):
+            if obj.key == BINARY and objects:
+                label = max(obj.label if obj.label is not None else k for k, obj in enumerate(objects, 1)) + 1
+                obj = _Object((BINARY, frame), label, tuple(PALETTE[label % len(PALETTE)].tolist()))
             if obj.key not in keys:
                 keys[obj.key] = len(objects) + 1
                 objects.append(obj)
@@ -267,14 +274,9 @@ def read_given_masks(specs: Sequence[Union[str, Tuple[int, str]]], size: Optiona
         if len(objects) > max_objects:
             raise MaskError(f'{path}: brings the number of objects to {len(objects)}, at most '
                             f'{max_objects} are supported')
-        masks[frame] = lookup[index_map].astype(np.uint8)
+        numbered[frame] = lookup[index_map]
     labels = tuple(obj.label if obj.label is not None else k for k, obj in enumerate(objects, 1))
+    user_ids = np.asarray((0,) + labels, np.uint8)
+    masks = {frame: user_ids[index_map] for frame, index_map in numbered.items()}
     colours = np.array([obj.colour for obj in objects], np.uint8)
     return GivenMasks(masks, len(objects), labels, colours, tuple(first_frames))
-
-
-def to_user_ids(ids: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    """Object ids 1..n back to the user's ids (0 and 255 stay as they are)."""
-    lookup = np.arange(256, dtype=np.uint8)
-    lookup[1:len(labels) + 1] = np.asarray(labels, np.uint8)
-    return lookup[np.asarray(ids, np.uint8)]

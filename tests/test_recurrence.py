@@ -2,14 +2,16 @@
 import pytest
 import torch
 
-from core.inference_core import InferenceCore, present_channels
-from models.rmnet import ABSENT_LOGIT, RMNet
+from config import cfg
+from models.recurrence import ABSENT_LOGIT, FrameRecurrence
+from models.rmnet import RMNet
+from models.tiny_flownet import TinyFlowNet
 
 
 @pytest.fixture(scope='module')
 def network():
     torch.manual_seed(0)
-    return RMNet().eval()
+    return RMNet(cfg).eval()
 
 
 def clip(n_frames, height=32, width=48, channels=4, seed=0):
@@ -35,14 +37,13 @@ def run(core, frames, masks, flow, new_masks=None):
     """Run the loop and record, per step, the number of frames read and kept."""
     read_sizes, kept = [], []
     core.start(frames[0], masks)
-    read_set = core.memory.read_set
+    read = core.memory.read
 
-    def recording_read_set(*args):
-        out = read_set(*args)
-        read_sizes.append(out[0].shape[2])
-        return out
+    def recording_read(*args):
+        read_sizes.append(len(core.memory) + 1)
+        return read(*args)
 
-    core.memory.read_set = recording_read_set
+    core.memory.read = recording_read
     outputs = []
     for t in range(1, len(frames)):
         outputs.append(core.step(frames[t], flow, (new_masks or {}).get(t)))
@@ -53,7 +54,7 @@ def run(core, frames, masks, flow, new_masks=None):
 @torch.no_grad()
 def test_memory_schedule_every_five_frames(network):
     frames, masks, flow = clip(12)
-    core = InferenceCore(network, [2], memorize_every=5)
+    core = FrameRecurrence(network, [2], memorize_every=5)
     _, read_sizes, kept = run(core, frames, masks, flow)
     # kept frames: 0, 5, 10; every step also reads the frame just before it
     assert kept == [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3]
@@ -67,7 +68,7 @@ def test_frame_with_new_object_is_kept_and_object_takes_its_mask(network):
     later_ids = torch.zeros(32, 48, dtype=torch.long)
     later_ids[18:30, 26:44] = 2
     later = torch.nn.functional.one_hot(later_ids, 4).permute(2, 0, 1)[None].float()
-    core = InferenceCore(network, [2], memorize_every=5)
+    core = FrameRecurrence(network, [2], memorize_every=5)
     outputs, _, kept = run(core, frames, first, flow, new_masks={3: later})
     assert kept == [1, 1, 1, 2, 2]                   # frame 3 kept because object 2 appeared in it
     for t in (1, 2):                                  # object 2 absent before frame 3
@@ -84,24 +85,41 @@ def test_frame_with_new_object_is_kept_and_object_takes_its_mask(network):
 def test_objects_absent_from_the_first_mask_stay_absent(network):
     frames, masks, flow = clip(3)
     only_one = only_object_1(masks)
-    core = InferenceCore(network, [2], memorize_every=5)
+    core = FrameRecurrence(network, [2], memorize_every=5)
     outputs, _, _ = run(core, frames, only_one, flow)
     logits_floor = torch.softmax(torch.tensor([0.0, ABSENT_LOGIT]), 0)[1]
     assert all(out[0, 2].max() <= logits_floor for out in outputs)
 
 
-def test_present_channels():
-    masks = torch.zeros(2, 4, 5, 5)
-    masks[:, 0] = 1
-    masks[0, 2, 1, 1] = 2
-    masks[1, 3, 0, 0] = 0.6
-    masks[1, 0, 0, 0] = 0.4
-    assert present_channels(masks).tolist() == [[True, False, True, False], [True, False, False, True]]
+@torch.no_grad()
+def test_frames_where_objects_were_given_are_pinned(network):
+    frames, masks, flow = clip(8)
+    core = FrameRecurrence(network, [2], memorize_every=3)
+    run(core, frames, only_object_1(masks), flow, new_masks={4: masks.clone()})
+    assert core.memory.pinned == [True, False, True, False]     # kept: frames 0, 3, 4 (given), 6
+
+
+@torch.no_grad()
+def test_the_flow_network_computes_the_flow_of_frame_t_from_frames_t_and_t_minus_1(network):
+    torch.manual_seed(1)
+    flow_net = TinyFlowNet().eval()
+    frames, masks, _ = clip(4)
+    given = FrameRecurrence(network, [2], memorize_every=5)
+    computed = FrameRecurrence(network, [2], memorize_every=5, flow_net=flow_net)
+    given.start(frames[0], masks)
+    computed.start(frames[0], masks)
+    for t in range(1, 4):
+        expected_flow = flow_net.step(frames[t], frames[t - 1])
+        out = computed.step(frames[t])
+        assert torch.equal(computed.flow, expected_flow)
+        assert torch.equal(out, given.step(frames[t], expected_flow))
+    with pytest.raises(ValueError, match='no flow'):
+        given.step(frames[1])
 
 
 def test_memorize_every_must_be_positive(network):
     with pytest.raises(ValueError, match='memorize_every'):
-        InferenceCore(network, [1], memorize_every=0)
+        FrameRecurrence(network, [1], memorize_every=0)
 
 
 @torch.no_grad()
@@ -113,7 +131,7 @@ def test_preallocated_memory_gives_the_same_result(network):
     new = {4: masks.clone()}
     results = []
     for fast in (False, True):
-        core = InferenceCore(network, [2], memorize_every=2, regional_read=True, fast=fast, expected_frames=2)
+        core = FrameRecurrence(network, [2], memorize_every=2, regional_read=True, fast=fast, expected_frames=2)
         outputs, _, kept = run(core, frames, first, flow, new)
         results.append((outputs, kept))
     assert results[0][1] == results[1][1]
@@ -121,3 +139,18 @@ def test_preallocated_memory_gives_the_same_result(network):
     for a, b in zip(results[0][0], results[1][0]):
         assert torch.allclose(a, b, atol=1e-6)
 
+
+
+@torch.no_grad()
+def test_a_second_video_reuses_the_fast_buffers_and_gives_a_fresh_result(network):
+    first_video, second_video = clip(7, seed=4), clip(4, seed=5)
+    reused = FrameRecurrence(network, [2], memorize_every=2, fast=True, expected_frames=2)
+    run(reused, *first_video, new_masks={3: first_video[1].clone()})
+    keys = reused.memory.keys
+    outputs, _, kept = run(reused, *second_video)
+    assert reused.memory.keys is keys                            # the same buffers
+    fresh = FrameRecurrence(network, [2], memorize_every=2, fast=True, expected_frames=2)
+    expected, _, expected_kept = run(fresh, *second_video)
+    assert kept == expected_kept
+    for a, b in zip(outputs, expected):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -4,14 +4,23 @@ The published model multiplies memory and query keys/values by their region maps
 attends over every memory position, so a position outside its region still enters the
 softmax with score 0: it adds exp(0 - max) to the denominator and nothing to the numerator,
 and a query position outside its region has all scores 0 (a plain average of the values).
-`read_memory_regional` computes only the in-region scores and adds those terms explicitly.
+`read_memory_regional` is the one place that chooses how the regional read runs: the Triton
+kernel (models.regional_attention_triton) for CUDA tensors, unless Triton is missing, fails
+or RMNET_NO_TRITON=1; otherwise PyTorch: one object at a time over the in-region positions
+for a bank whose frames are all valid, or a masked read over the whole preallocated buffer
+(no host synchronisation, so it can be captured in a CUDA graph).
 """
+import logging
 import math
+import os
 from typing import Optional
 
 import torch
 
-from models.regional_attention_triton import regional_attention_triton, triton_available
+from models.regional_attention_triton import TRITON_IMPORTED, regional_attention_triton
+
+logger = logging.getLogger(__name__)
+_triton_failed = False
 
 
 def read_memory_dense(memory_keys: torch.Tensor, memory_values: torch.Tensor,
@@ -75,21 +84,54 @@ def read_memory_regional_torch(memory_keys: torch.Tensor, memory_values: torch.T
     return torch.cat([read, query_value * query_region[:, None].to(query_value.dtype)], dim=1)
 
 
+def read_memory_regional_masked(memory_keys: torch.Tensor, memory_values: torch.Tensor,
+                                memory_regions: torch.Tensor, query_key: torch.Tensor,
+                                query_value: torch.Tensor, query_region: torch.Tensor,
+                                n_frames: torch.Tensor) -> torch.Tensor:
+    """The published read over the first `n_frames` (a one-element device tensor) frames of a
+    preallocated bank: the dense read with the later frames masked out of the softmax.
+    Nothing here reads a device value on the host, so it can be captured in a CUDA graph."""
+    n, key_dim, capacity, height, width = memory_keys.shape
+    value_dim = memory_values.shape[1]
+    valid_frames = torch.arange(capacity, device=memory_keys.device) < n_frames.to(memory_keys.device)
+    valid = valid_frames[:, None].expand(capacity, height * width).reshape(-1)
+    inside = memory_regions[:, None].float()
+    mk = (memory_keys.float() * inside).reshape(n, key_dim, -1).transpose(1, 2)
+    qk = (query_key.float() * query_region[:, None].float()).reshape(n, key_dim, height * width)
+    scores = torch.bmm(mk, qk) / math.sqrt(key_dim)
+    scores = scores.masked_fill(~valid[None, :, None], float('-inf'))
+    weights = torch.softmax(scores, dim=1)
+    read = torch.bmm((memory_values.float() * inside).reshape(n, value_dim, -1), weights)
+    read = read.view(n, value_dim, height, width).to(query_value.dtype)
+    return torch.cat([read, query_value * query_region[:, None].to(query_value.dtype)], dim=1)
+
+
+def triton_enabled(device: torch.device) -> bool:
+    """True when the regional read runs the Triton kernel on `device`."""
+    return (device.type == 'cuda' and TRITON_IMPORTED and not _triton_failed
+            and os.environ.get('RMNET_NO_TRITON', '') in ('', '0'))
+
+
 def read_memory_regional(memory_keys: torch.Tensor, memory_values: torch.Tensor,
                          memory_regions: torch.Tensor, query_key: torch.Tensor,
                          query_value: torch.Tensor, query_region: torch.Tensor,
                          n_frames: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Regional read: the Triton kernel for CUDA tensors when Triton works, else PyTorch.
+    """The regional read (see the module docstring for how it runs).
 
-    n_frames: a one-element tensor, how many leading memory frames are valid (a preallocated
-    bank); None when every frame is.
+    n_frames: a one-element int32 tensor, how many leading memory frames are valid (a
+    preallocated bank); None when every frame is.
     """
-    if memory_keys.is_cuda and triton_available():
-        return regional_attention_triton(memory_keys, memory_values, memory_regions, query_key,
-                                         query_value, query_region, n_frames)
-    if n_frames is not None:
-        frames = int(n_frames.item())
-        memory_keys, memory_values = memory_keys[:, :, :frames], memory_values[:, :, :frames]
-        memory_regions = memory_regions[:, :frames]
-    return read_memory_regional_torch(memory_keys, memory_values, memory_regions, query_key,
-                                      query_value, query_region)
+    global _triton_failed
+    if triton_enabled(memory_keys.device):
+        try:
+            return regional_attention_triton(memory_keys, memory_values, memory_regions, query_key,
+                                             query_value, query_region, n_frames)
+        except Exception as e:  # a Triton or driver problem must not stop inference
+            _triton_failed = True
+            logger.warning('The Triton regional read failed (%s: %s); using the PyTorch read',
+                           type(e).__name__, e)
+    if n_frames is None:
+        return read_memory_regional_torch(memory_keys, memory_values, memory_regions, query_key,
+                                          query_value, query_region)
+    return read_memory_regional_masked(memory_keys, memory_values, memory_regions, query_key,
+                                       query_value, query_region, n_frames)

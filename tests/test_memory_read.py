@@ -1,9 +1,11 @@
-"""The regional memory read equals the published dense read (PyTorch path; Triton on a GPU)."""
+"""The regional memory reads equal the published dense read (PyTorch paths; Triton on a GPU)."""
 import pytest
 import torch
 
-from models.memory_reader import read_memory_dense, read_memory_regional_torch
-from models.regional_attention_triton import regional_attention_triton, triton_available
+from models import memory_read
+from models.memory_read import (read_memory_dense, read_memory_regional, read_memory_regional_masked,
+                                read_memory_regional_torch, triton_enabled)
+from models.regional_attention_triton import regional_attention_triton
 
 
 def random_memory(seed, n=3, key_dim=128, value_dim=512, frames=4, height=9, width=14):
@@ -35,6 +37,27 @@ def test_regional_torch_equals_dense(seed):
     assert torch.allclose(read_memory_regional_torch(*memory), expected, atol=2e-6, rtol=1e-5)
 
 
+def test_masked_read_of_a_preallocated_buffer_ignores_frames_beyond_the_count():
+    memory = random_memory(3, frames=3)
+    expected = dense(*memory)
+    keys, values, regions, query_key, query_value, query_region = memory
+    spare = (torch.randn_like(keys[:, :, :2]), torch.randn_like(values[:, :, :2]), torch.ones_like(regions[:, :2]))
+    buffer = (torch.cat([keys, spare[0]], 2), torch.cat([values, spare[1]], 2), torch.cat([regions, spare[2]], 1))
+    count = torch.tensor([3], dtype=torch.int32)
+    out = read_memory_regional_masked(*buffer, query_key, query_value, query_region, count)
+    assert torch.allclose(out, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_without_triton_the_regional_read_runs_pytorch(monkeypatch):
+    monkeypatch.setenv('RMNET_NO_TRITON', '1')
+    assert not triton_enabled(torch.device('cuda'))
+    monkeypatch.delenv('RMNET_NO_TRITON')
+    monkeypatch.setattr(memory_read, '_triton_failed', True)
+    assert not triton_enabled(torch.device('cuda'))
+    memory = random_memory(4)
+    assert torch.allclose(read_memory_regional(*memory), dense(*memory), atol=2e-6, rtol=1e-5)
+
+
 def test_query_outside_its_region_reads_the_plain_average():
     keys, values, regions, query_key, query_value, query_region = random_memory(2)
     out = read_memory_regional_torch(keys, values, regions, query_key, query_value, query_region)
@@ -45,7 +68,7 @@ def test_query_outside_its_region_reads_the_plain_average():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 def test_triton_kernel_equals_dense_on_the_gpu():
-    assert triton_available()
+    assert triton_enabled(torch.device('cuda'))
     for seed, (frames, height, width) in enumerate([(4, 9, 14), (15, 30, 54), (1, 30, 54), (7, 23, 41)]):
         memory = [t.cuda() for t in random_memory(seed, frames=frames, height=height, width=width)]
         expected = dense(*memory)
