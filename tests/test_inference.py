@@ -38,11 +38,11 @@ def zip_names(path):
         return sorted(archive.namelist())
 
 
-def test_davis_results_layout_and_zip(tmp_path, clip, synth_checkpoint):
+def test_davis_results_layout_and_zip(tmp_path, clip, checkpoint):
     frames, masks = clip
     root = davis_root(str(tmp_path / 'DAVIS'), {'hike': (frames[:3], masks[:3])})
     out = tmp_path / 'out'
-    assert runner.main(['--inference', '--weights', synth_checkpoint, '--dataset', 'DAVIS', '--split', 'train',
+    assert runner.main(['--inference', '--weights', checkpoint, '--dataset', 'DAVIS', '--split', 'train',
                         '--output', str(out), '--set', 'DATASETS.DAVIS.ROOT', root, '--visualize']) == 0
     names = ['00000.png', '00001.png', '00002.png']
     assert sorted(os.listdir(out / 'hike')) == names
@@ -53,11 +53,11 @@ def test_davis_results_layout_and_zip(tmp_path, clip, synth_checkpoint):
     assert frame_count(out / 'overlay' / 'hike.mp4') == 3
 
 
-def test_youtube_vos_listed_frames_object_appearing_mid_video(tmp_path, clip, synth_checkpoint):
+def test_youtube_vos_listed_frames_object_appearing_mid_video(tmp_path, clip, checkpoint):
     frames, masks = clip
     root = youtube_root(str(tmp_path / 'YouTubeVOS'), 'walkers', frames, masks, {1: [0, 2, 4], 2: [2, 4]})
     out = tmp_path / 'out'
-    assert runner.main(['--inference', '--weights', synth_checkpoint, '--dataset', 'YOUTUBE_VOS',
+    assert runner.main(['--inference', '--weights', checkpoint, '--dataset', 'YOUTUBE_VOS',
                         '--output', str(out), '--set', 'DATASETS.YOUTUBE_VOS.ROOT', root]) == 0
     video_dir = out / 'Annotations' / 'walkers'
     assert sorted(os.listdir(video_dir)) == ['00000.png', '00002.png', '00004.png']    # listed frames only
@@ -80,11 +80,11 @@ def user_inputs(tmp_path, clip):
     return video, first, later
 
 
-def test_own_video_outputs_keep_user_ids(tmp_path, clip, synth_checkpoint, capsys):
+def test_own_video_outputs_keep_user_ids(tmp_path, clip, checkpoint, capsys):
     video, first, later = user_inputs(tmp_path, clip)
     out = tmp_path / 'out'
     assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
-                        '--mask', f'2:{tmp_path / "later.png"}', '--weights', synth_checkpoint,
+                        '--mask', f'2:{tmp_path / "later.png"}', '--weights', checkpoint,
                         '--output', str(out), '--binary']) == 0
     names = [f'{t:05d}.png' for t in range(4)]
     assert sorted(os.listdir(out / 'masks')) == names
@@ -101,7 +101,7 @@ def test_own_video_outputs_keep_user_ids(tmp_path, clip, synth_checkpoint, capsy
     assert '4 frames, 3 object(s)' in summary and str(out / 'masks') in summary
 
 
-def test_own_video_file(tmp_path, clip, synth_checkpoint):
+def test_own_video_file(tmp_path, clip, checkpoint):
     frames, masks = clip
     with VideoWriter(str(tmp_path / 'clip.mp4'), 24.0) as writer:
         for frame in frames[:3]:
@@ -109,22 +109,22 @@ def test_own_video_file(tmp_path, clip, synth_checkpoint):
     write_palette_mask(str(tmp_path / 'first.png'), masks[0])
     out = tmp_path / 'out'
     assert runner.main(['--inference', '--video', writer.path, '--mask', str(tmp_path / 'first.png'),
-                        '--weights', synth_checkpoint, '--output', str(out), '--precision', 'fp32']) == 0
+                        '--weights', checkpoint, '--output', str(out), '--precision', 'fp32']) == 0
     assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png', '00002.png']
     assert frame_count(out / 'overlay.mp4') == 3
 
 
 @pytest.mark.skipif('short_side' not in inspect.signature(VideoSegmenter).parameters,
                     reason='this VideoSegmenter has no short_side argument')
-def test_own_video_size_keeps_input_size(tmp_path, clip, synth_checkpoint):
+def test_own_video_size_keeps_input_size(tmp_path, clip, checkpoint):
     video, first, _ = user_inputs(tmp_path, clip)
     out = tmp_path / 'out'
     assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
-                        '--weights', synth_checkpoint, '--output', str(out), '--size', '64']) == 0
+                        '--weights', checkpoint, '--output', str(out), '--size', '64']) == 0
     assert read_ids(str(out / 'masks' / '00003.png')).shape == (HEIGHT, WIDTH)
 
 
-def test_python_api_streams_and_takes_late_objects(clip, synth_checkpoint):
+def test_python_api_streams_and_takes_late_objects(clip, checkpoint):
     frames, masks = clip
     consumed = []
 
@@ -133,7 +133,7 @@ def test_python_api_streams_and_takes_late_objects(clip, synth_checkpoint):
             consumed.append(len(consumed))
             yield frame
 
-    segmenter = VideoSegmenter(synth_checkpoint, 'cpu')
+    segmenter = VideoSegmenter(checkpoint, 'cpu')
     later = np.where(masks[2] == 2, 2, 0).astype(np.uint8)
     segmenter.add_object(2, later)
     outputs = []

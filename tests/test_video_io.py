@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DAVIS_TRAIN, require_shared
+from conftest import DAVIS_TRAIN
 from utils import video_io
 from utils.io import read_frame
 from utils.video_io import PrefetchReader, VideoIOError, VideoWriter, natural_key, open_frames
@@ -18,7 +18,7 @@ RED = np.array([255, 0, 0], np.uint8)
 
 
 def davis_frames(count: int) -> list:
-    folder = require_shared(os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', 'bear'))
+    folder = os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', 'bear')
     frames = [read_frame(os.path.join(folder, f'{i:05d}.jpg')) for i in range(count)]
     return [cv2.resize(frame, SIZE[::-1], interpolation=cv2.INTER_AREA) for frame in frames]
 
