@@ -3,6 +3,7 @@ import inspect
 import os
 import zipfile
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -112,6 +113,8 @@ def test_own_video_file(tmp_path, clip, checkpoint):
                         '--weights', checkpoint, '--output', str(out), '--precision', 'fp32']) == 0
     assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png', '00002.png']
     assert frame_count(out / 'overlay.mp4') == 3
+    with av.open(str(out / 'overlay.mp4')) as overlay:                  # plays in browsers
+        assert overlay.streams.video[0].codec_context.name == 'h264'
 
 
 @pytest.mark.skipif('short_side' not in inspect.signature(VideoSegmenter).parameters,
