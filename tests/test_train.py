@@ -2,11 +2,13 @@
 import copy
 import os
 import socket
+import urllib.error
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torchvision.models import ResNet50_Weights
 
 from clips import davis_root, one_object_clip, restore_cfg  # noqa: F401  (autouse fixture)
 from config import cfg as global_cfg
@@ -93,10 +95,35 @@ def test_tiny_flownet_training_and_bad_settings(data_root, tmp_path):
                 dist_info=type(trainer.dist)(0, 2, torch.device('cpu')))
 
 
+def empty_torch_home_offline(monkeypatch, tmp_path) -> str:
+    """TORCH_HOME is tmp_path and downloads fail; returns where the ResNet-50 file goes."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    monkeypatch.setattr(torch.hub, '_hub_dir', None)
+
+    def urlopen(*args, **kwargs):
+        raise urllib.error.URLError('Network is unreachable')
+    monkeypatch.setattr(torch.hub, 'urlopen', urlopen)
+    return str(tmp_path / 'hub' / 'checkpoints' / 'resnet50-0676ba61.pth')
+
+
 def test_missing_imagenet_weights_are_explained(monkeypatch, tmp_path):
-    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
-    with pytest.raises(TrainingError, match='PRETRAINED_BACKBONE False'):
+    path = empty_torch_home_offline(monkeypatch, tmp_path)
+    with pytest.raises(TrainingError, match='PRETRAINED_BACKBONE False') as error:
         load_imagenet_backbones(RMNet())
+    assert ResNet50_Weights.IMAGENET1K_V1.url in str(error.value) and path in str(error.value)
+
+
+def test_cached_imagenet_weights_fill_both_encoders(monkeypatch, tmp_path):
+    path = empty_torch_home_offline(monkeypatch, tmp_path)
+    torch.manual_seed(0)
+    state = {'conv1.weight': torch.randn(64, 3, 7, 7), 'layer3.5.bn3.running_mean': torch.randn(1024)}
+    os.makedirs(os.path.dirname(path))
+    torch.save(state, path)
+    rmnet = RMNet()
+    load_imagenet_backbones(rmnet)
+    for encoder in (rmnet.encoder_memory, rmnet.encoder_query):
+        assert torch.equal(encoder.conv1.weight, state['conv1.weight'])
+        assert torch.equal(encoder.res4[5].bn3.running_mean, state['layer3.5.bn3.running_mean'])
 
 
 def test_a_failing_batch_stops_training(data_root, tmp_path):

@@ -9,6 +9,7 @@ frame 0 gets a zero flow. Existing files are kept, so an interrupted run resumes
 import argparse
 import logging
 import os
+import sys
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from datasets.video import Video
 from utils.io import read_frame, write_flo
+from utils.torchvision_weights import MissingWeightsError, fetch_weights
 
 logger = logging.getLogger(__name__)
 
@@ -29,30 +31,13 @@ RAFT_STRIDE = 8
 RAFT_MIN_SIZE = 128   # RAFT's correlation pyramid needs feature maps of at least 16 x 16
 
 
-class MissingWeightsError(FileNotFoundError):
-    """The pretrained RAFT weights are not in the local torch hub cache."""
-
-
-def weights_file(model_name: str) -> str:
-    """Where torchvision looks for the weights of `model_name` (the torch hub cache)."""
-    _, weights = RAFT_MODELS[model_name]
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
-
-
 def load_raft(model_name: str, device: torch.device) -> torch.nn.Module:
-    """Pretrained RAFT in eval mode, from the local cache only (never downloads)."""
+    """Pretrained RAFT in eval mode; its weights are downloaded into the torch hub cache once."""
     if model_name not in RAFT_MODELS:
         raise ValueError(f'unknown flow model {model_name!r}; '
                          f'expected one of {sorted(RAFT_MODELS)}')
     builder, weights = RAFT_MODELS[model_name]
-    path = weights_file(model_name)
-    if not os.path.isfile(path):
-        raise MissingWeightsError(
-            f'{path}: the {model_name} weights are not there. torchvision looks for them in the '
-            f'torch hub cache ($TORCH_HOME/hub/checkpoints, now {os.path.dirname(path)}) and would '
-            f'download {weights.url}; this tool never downloads, as there is no internet access '
-            f'here: copy that file there (or point TORCH_HOME at a cache that has it) and run '
-            f'again.')
+    fetch_weights(weights)
     return builder(weights=weights, progress=False).eval().to(device)
 
 
@@ -129,7 +114,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from utils.configuration import load_config_file, merge_config
         merge_config(cfg, load_config_file(args.cfg))
     device = torch.device(args.device)
-    model = load_raft(args.model, device)
+    try:
+        model = load_raft(args.model, device)
+    except MissingWeightsError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
     videos = list_videos(cfg, args.dataset, args.split)
     written = compute_flows(videos, args.out, model, device, args.updates)
     logger.info('Wrote %d flow files for %d videos to %s', sum(written.values()), len(videos),
