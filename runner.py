@@ -29,10 +29,10 @@ class UsageError(Exception):
     """A request this build or these options cannot serve; the message says what to do."""
 
 
-def positive_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text}')
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected 0 or a positive integer, got {text}')
     return value
 
 
@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                         '(default: cfg.DIR.OUT_PATH/<experiment>)')
     parser.add_argument('--precision', choices=('fp32', 'bf16'), help='inference precision (default: '
                         'cfg.TEST.PRECISION; bf16 is faster and needs less GPU memory)')
-    parser.add_argument('--size', type=positive_int, metavar='S',
-                        help='resize frames to this short side for the network (masks keep the input size)')
+    parser.add_argument('--size', type=non_negative_int, metavar='S',
+                        help='short side the networks run at, 0 for the input size (masks keep the input '
+                             'size); default: cfg.TEST.VIDEO_SHORT_SIDE (480) for --video, the input size '
+                             'for benchmark splits')
     parser.add_argument('--visualize', action='store_true',
                         help='also write overlays of the masks on the frames (cfg.TEST.VISUALIZE)')
     benchmark = parser.add_argument_group('benchmark splits (--test, --inference)')
@@ -96,7 +98,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.resume and (args.test or args.inference or args.benchmark is not None):
         parser.error('--resume: only when training')
     if not (args.test or args.inference):
-        given = [f'--{name}' for name in ('dataset', 'split', 'output', 'size') if getattr(args, name)]
+        given = [f'--{name}' for name in ('dataset', 'split', 'output', 'size') if getattr(args, name) is not None]
         if given:
             parser.error(f'{", ".join(given)}: only with --test or --inference')
     return args

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm import tqdm
 
-from core.segmenter import VideoSegmenter
+from core.segmenter import VideoSegmenter, network_size
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
 from core.streaming import (SegmenterSource, experiment_dir, new_segmenter, prepare_output_dir,
                             register_later_objects, segment_stream)
@@ -100,13 +100,17 @@ def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str 
                        binary: bool = False, resize_mask: bool = False) -> Dict[str, Any]:
     """Segment a video file or frame folder from its mask files (FRAME:FILE strings or (frame,
     file) pairs; frame 0 first); write the outputs listed in the module docstring and return a
-    summary (frames, objects, fps and the output paths)."""
+    summary (frames, objects, fps and the output paths). The networks run at short side
+    `short_side` (None: cfg.TEST.VIDEO_SHORT_SIDE; 0: the input size); outputs keep the input size."""
     out_dir = prepare_output_dir(out_dir or experiment_dir(cfg))
     source = open_frames(video)
     specs = [parse_mask_spec(spec) if isinstance(spec, str) else spec for spec in masks]
     given = read_given_masks(specs, size=source.size, resize=resize_mask,
                              max_objects=int(cfg.TEST.N_MAX_OBJECTS))
     _check_mask_frames(specs, given, source)
+    if short_side is None:
+        short_side = int(cfg.TEST.VIDEO_SHORT_SIDE)
+    net_height, net_width = network_size(*source.size, short_side)
     segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
     register_later_objects(segmenter, _later_objects(given, dict(specs)))
     logger.info('%s: %s frames of %dx%d, %d object(s) (ids %s)', source.path, len(source),
@@ -115,7 +119,8 @@ def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str 
     where = f'masks in {summary["masks"]}, overlay {summary["overlay"]}'
     if binary:
         where += f', binary masks in {summary["binary"]}'
-    print(f'{summary["frames"]} frames, {summary["objects"]} object(s), {summary["fps"]:.1f} frames/s; {where}')
+    print(f'{summary["frames"]} frames, {summary["objects"]} object(s), networks at {net_width}x{net_height}, '
+          f'{summary["fps"]:.1f} frames/s; {where}')
     return summary
 
 

@@ -1,5 +1,4 @@
 """python runner.py --inference: benchmark result layouts, a user's own video, and the Python API."""
-import inspect
 import os
 import zipfile
 
@@ -86,7 +85,7 @@ def test_own_video_outputs_keep_user_ids(tmp_path, clip, checkpoint, capsys):
     out = tmp_path / 'out'
     assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
                         '--mask', f'2:{tmp_path / "later.png"}', '--weights', checkpoint,
-                        '--output', str(out), '--binary']) == 0
+                        '--output', str(out), '--binary', '--size', '0']) == 0
     names = [f'{t:05d}.png' for t in range(4)]
     assert sorted(os.listdir(out / 'masks')) == names
     ids = [read_ids(str(out / 'masks' / name)) for name in names]
@@ -99,7 +98,7 @@ def test_own_video_outputs_keep_user_ids(tmp_path, clip, checkpoint, capsys):
     assert binary.shape == (HEIGHT, WIDTH) and set(np.unique(binary)) <= {0, 255}
     assert np.array_equal(binary == 255, ids[3] == 7)
     summary = capsys.readouterr().out
-    assert '4 frames, 3 object(s)' in summary and str(out / 'masks') in summary
+    assert f'4 frames, 3 object(s), networks at {WIDTH}x{HEIGHT}' in summary and str(out / 'masks') in summary
 
 
 def test_own_video_file(tmp_path, clip, checkpoint):
@@ -110,21 +109,24 @@ def test_own_video_file(tmp_path, clip, checkpoint):
     write_palette_mask(str(tmp_path / 'first.png'), masks[0])
     out = tmp_path / 'out'
     assert runner.main(['--inference', '--video', writer.path, '--mask', str(tmp_path / 'first.png'),
-                        '--weights', checkpoint, '--output', str(out), '--precision', 'fp32']) == 0
+                        '--weights', checkpoint, '--output', str(out), '--precision', 'fp32', '--size', '0']) == 0
     assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png', '00002.png']
     assert frame_count(out / 'overlay.mp4') == 3
     with av.open(str(out / 'overlay.mp4')) as overlay:                  # plays in browsers
         assert overlay.streams.video[0].codec_context.name == 'h264'
 
 
-@pytest.mark.skipif('short_side' not in inspect.signature(VideoSegmenter).parameters,
-                    reason='this VideoSegmenter has no short_side argument')
-def test_own_video_size_keeps_input_size(tmp_path, clip, checkpoint):
-    video, first, _ = user_inputs(tmp_path, clip)
-    out = tmp_path / 'out'
-    assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
-                        '--weights', checkpoint, '--output', str(out), '--size', '64']) == 0
-    assert read_ids(str(out / 'masks' / '00003.png')).shape == (HEIGHT, WIDTH)
+def test_own_video_networks_at_the_configured_short_side_outputs_at_input_size(tmp_path, clip, checkpoint, capsys):
+    frames, masks = clip
+    video = frame_folder(str(tmp_path / 'frames'), frames[:2])
+    write_palette_mask(str(tmp_path / 'first.png'), masks[0])
+    for options, network in (([], '107x60'), (['--size', '64'], '114x64'), (['--size', '0'], f'{WIDTH}x{HEIGHT}')):
+        out = tmp_path / f'out-{network}'
+        assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
+                            '--weights', checkpoint, '--output', str(out), '--set', 'TEST.VIDEO_SHORT_SIDE', '60',
+                            *options]) == 0
+        assert f'2 frames, 2 object(s), networks at {network},' in capsys.readouterr().out
+        assert read_ids(str(out / 'masks' / '00001.png')).shape == (HEIGHT, WIDTH)
 
 
 def test_python_api_streams_and_takes_late_objects(clip, checkpoint):

@@ -35,7 +35,8 @@ def mask(tmp_path, clip):
 
 
 def own_video(video, mask, weights, output, *extra):
-    return ['--inference', '--video', video, '--mask', mask, '--weights', weights, '--output', output, *extra]
+    return ['--inference', '--video', video, '--mask', mask, '--weights', weights, '--output', output,
+            '--size', '0', *extra]
 
 
 def expect_error(capsys, argv, *fragments):
@@ -66,7 +67,8 @@ def test_own_video_options_parse():
 
 
 @pytest.mark.parametrize('argv', [['--mask', 'a.png'], ['--video', 'v.mp4'], ['--test', '--video', 'v.mp4'],
-                                  ['--test', '--inference'], ['--output', 'out'], ['--size', '0', '--test'],
+                                  ['--test', '--inference'], ['--output', 'out'], ['--size', '-1', '--test'],
+                                  ['--size', '0'],
                                   ['--video', 'v.mp4', '--mask', 'a.png', '--dataset', 'DAVIS']])
 def test_misuse_is_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
