@@ -145,8 +145,11 @@ def download(url: str, path: str, name: str = 'published', progress: bool = True
 
 def sha256_of(path: str) -> str:
     """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
     with open(path, 'rb') as f:
-        return hashlib.file_digest(f, 'sha256').hexdigest()
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_record(path: str, url: str = '') -> None:
