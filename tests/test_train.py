@@ -48,33 +48,36 @@ def still_clip_cfg(cfg):
     return cfg
 
 
-def test_overfitting_one_clip_halves_the_loss(data_root, tmp_path):
+def test_overfitting_one_clip_lowers_the_loss_steadily(data_root, tmp_path):
     """From random weights (calibrated on the data), at the published learning rate."""
     torch.manual_seed(0)
     cfg = still_clip_cfg(training_cfg(data_root, N_EPOCHS=100))
     trainer = Trainer(cfg, str(tmp_path))
     batch = next(iter(trainer._loader(1)))
     trainer.set_train_mode()
-    losses = [trainer.train_step(batch)[0] for _ in range(30)]
-    assert min(losses[-5:]) < 0.5 * losses[0], losses
+    losses = [trainer.train_step(batch)[0] for _ in range(15)]
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.65 * losses[0], losses
 
 
 def test_resume_continues_exactly(data_root, tmp_path):
+    """Two epochs in one run equal one epoch, then a resumed run of the second (one step per
+    epoch: both videos in one batch)."""
+    settings = {'N_EPOCHS': 2, 'BATCH_SIZE': 2}
     torch.manual_seed(0)
-    straight = Trainer(training_cfg(data_root), str(tmp_path / 'straight'))
+    straight = Trainer(training_cfg(data_root, **settings), str(tmp_path / 'straight'))
     summary = straight.run()
-    assert summary['epoch'] == 3
+    assert summary['epoch'] == 2
 
     torch.manual_seed(0)
-    first = Trainer(training_cfg(data_root), str(tmp_path / 'split'))
-    first.run(max_epochs=2)
+    first = Trainer(training_cfg(data_root, **settings), str(tmp_path / 'split'))
+    first.run(max_epochs=1)
     checkpoint = str(tmp_path / 'split' / 'checkpoints' / 'ckpt-last.pth')
     content = read_checkpoint(checkpoint)
-    assert content['epoch_index'] == 2 and content['network'] == 'RMNet'
+    assert content['epoch_index'] == 1 and content['network'] == 'RMNet'
     assert all(key.startswith('module.') for key in content['rmnet'])
     torch.manual_seed(123)                     # the checkpoint's random states must win
-    resumed = Trainer(training_cfg(data_root), str(tmp_path / 'split'), resume=checkpoint)
-    assert resumed.epoch == 3
+    resumed = Trainer(training_cfg(data_root, **settings), str(tmp_path / 'split'), resume=checkpoint)
+    assert resumed.epoch == 2
     summary_resumed = resumed.run()
     assert summary_resumed['loss'] == pytest.approx(summary['loss'], rel=1e-6)
     for a, b in zip(straight.rmnet.state_dict().values(), resumed.rmnet.state_dict().values()):
