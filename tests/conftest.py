@@ -34,7 +34,7 @@ torch.set_num_threads(max(1, os.cpu_count() or 1))
 def require_shared(path: str) -> str:
     """`path` inside ../shared; a test needing it skips when it is missing (fails under CI)."""
     if not os.path.exists(path):
-        message = (f'needs {path}: the outputs of the published code in the shared/ folder '
+        message = (f'needs {path}: reference data of the published code, in the shared/ folder '
                    f'beside the project (or RMNET_SHARED pointing to it)')
         if os.environ.get('CI') == 'true':
             pytest.fail(message)
