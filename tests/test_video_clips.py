@@ -102,7 +102,8 @@ def test_bad_files_raise_errors_naming_them(tmp_path):
     with pytest.raises(DataError, match=r'00001.flo: too short for a .flo header'):
         dataset[0]
     write_flo(video.flow_paths[1], np.zeros((10, 20, 2), np.float32))
-    with pytest.raises(DataError, match=fr'00001.flo: flow is 20x10 but frame .*jpg is {DAVIS_TRAIN_HW[1]}x{DAVIS_TRAIN_HW[0]}'):
+    height, width = DAVIS_TRAIN_HW
+    with pytest.raises(DataError, match=fr'00001.flo: flow is 20x10 but frame .*jpg is {width}x{height}'):
         dataset[0]
     missing_frame = Video(name='gone', frame_paths=[str(tmp_path / 'gone.jpg')], given_masks={},
                           output_names=['gone'], ground_truth={0: video.ground_truth[0]})

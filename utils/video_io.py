@@ -10,7 +10,7 @@ import re
 import tempfile
 import threading
 from fractions import Fraction
-from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -290,6 +290,9 @@ class _OpenCVEncoder:
     release = close
 
 
+Encoder = Union[_PyAVEncoder, _OpenCVEncoder]
+
+
 def even_size(size: Tuple[int, int]) -> Tuple[int, int]:
     """(H, W) rounded up to even numbers, as yuv420p needs."""
     return size[0] + size[0] % 2, size[1] + size[1] % 2
@@ -312,7 +315,7 @@ class VideoWriter:
         self.fps = float(fps)
         self.size = tuple(size) if size is not None else None
         self.frames_written = 0
-        self._encoder: Optional[Union[_PyAVEncoder, _OpenCVEncoder]] = None
+        self._encoder: Optional[Encoder] = None
         self._temporary: Optional[str] = None
         if self.size is not None:
             self._open()
@@ -325,7 +328,7 @@ class VideoWriter:
         os.close(handle)
         return temporary
 
-    def _try(self, path: str, make: Any) -> Optional[str]:
+    def _try(self, path: str, make: Callable[[str], Encoder]) -> Optional[str]:
         """Open an encoder on a temporary file for `path`; None, or the reason it failed."""
         temporary = self._temporary_beside(path)
         try:
@@ -339,9 +342,10 @@ class VideoWriter:
     def _open(self) -> None:
         size, target = even_size(self.size), self.path
         avi = os.path.splitext(target)[0] + '.avi'
-        attempts = [('H.264 with PyAV', target, lambda t: _PyAVEncoder(t, self.fps, size)),
-                    (f'{OPENCV_CODEC} with OpenCV', target, lambda t: _OpenCVEncoder(t, self.fps, size, OPENCV_CODEC)),
-                    (f'{FALLBACK_CODEC} with OpenCV', avi, lambda t: _OpenCVEncoder(t, self.fps, size, FALLBACK_CODEC))]
+        attempts = [
+            ('H.264 with PyAV', target, lambda t: _PyAVEncoder(t, self.fps, size)),
+            (f'{OPENCV_CODEC} with OpenCV', target, lambda t: _OpenCVEncoder(t, self.fps, size, OPENCV_CODEC)),
+            (f'{FALLBACK_CODEC} with OpenCV', avi, lambda t: _OpenCVEncoder(t, self.fps, size, FALLBACK_CODEC))]
         failures: List[str] = []
         for name, path, make in attempts:
             reason = self._try(path, make)
