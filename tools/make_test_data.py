@@ -27,16 +27,19 @@ SEQUENCES = ('bear', 'boat', 'car-turn', 'dog-agility', 'hike', 'lucia', 'roller
 
 README = """# DAVIS 2016 frames for the tests
 
-The first {n_frames} frames of {n_sequences} DAVIS 2016 training sequences ({names}), resized
-to {width}x{height}, in the DAVIS 2017 folder layout (`JPEGImages/480p/<seq>/%05d.jpg`, JPEG
-quality {quality}; `Annotations/480p/<seq>/%05d.png`, palette PNG, 0 = background, 1 = the
-object; `ImageSets/2016/train.txt`). Built by `tools/make_test_data.py`.
+The first {n_frames} frames of {n_sequences} DAVIS 2016 training sequences, resized to
+{width}x{height}: {names}.
+
+Layout of DAVIS 2017: `JPEGImages/480p/<seq>/%05d.jpg` (JPEG quality {quality}),
+`Annotations/480p/<seq>/%05d.png` (palette PNG, 0 = background, 1 = the object) and
+`ImageSets/2016/train.txt`. Built by `tools/make_test_data.py`.
 
 Source: DAVIS 2016, F. Perazzi, J. Pont-Tuset, B. McWilliams, L. Van Gool, M. Gross,
 A. Sorkine-Hornung, "A Benchmark Dataset and Evaluation Methodology for Video Object
 Segmentation", CVPR 2016 (https://davischallenge.org). The DAVIS images and annotations are
 licensed under the Creative Commons Attribution 4.0 License
-(https://creativecommons.org/licenses/by/4.0/); they were resized and re-encoded here.
+(https://creativecommons.org/licenses/by/4.0/); they were resized and re-encoded here. Some
+DAVIS clips come from YouTube: see the terms of use at https://davischallenge.org.
 """
 
 
@@ -77,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--sequences', nargs='+', default=list(SEQUENCES))
     parser.add_argument('--frames', type=int, default=12, help='first frames kept per sequence')
     parser.add_argument('--size', type=int, nargs=2, default=(256, 144), metavar=('W', 'H'))
-    parser.add_argument('--quality', type=int, default=90, help='JPEG quality')
+    parser.add_argument('--quality', type=int, default=85, help='JPEG quality')
     args = parser.parse_args(argv)
     try:
         if not os.path.isdir(args.davis):
