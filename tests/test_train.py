@@ -61,8 +61,8 @@ def test_overfitting_one_clip_lowers_the_loss_steadily(data_root, tmp_path):
 
 def test_resume_continues_exactly(data_root, tmp_path):
     """Two epochs in one run equal one epoch, then a resumed run of the second (one step per
-    epoch: both videos in one batch)."""
-    settings = {'N_EPOCHS': 2, 'BATCH_SIZE': 2}
+    epoch: both videos in one batch of 2-frame clips)."""
+    settings = {'N_EPOCHS': 2, 'BATCH_SIZE': 2, 'N_MAX_FRAMES': 2}
     torch.manual_seed(0)
     straight = Trainer(training_cfg(data_root, **settings), str(tmp_path / 'straight'))
     summary = straight.run()
@@ -144,7 +144,7 @@ def _ddp_worker(rank, world_size, port, root, out_dir):
     torch.set_num_threads(1)
     torch.manual_seed(rank)                     # different seeds: DDP must still start them equal
     from core.distributed import setup_distributed
-    cfg = training_cfg(root, BATCH_SIZE=2, N_EPOCHS=1)
+    cfg = training_cfg(root, BATCH_SIZE=2, N_EPOCHS=1, N_MAX_FRAMES=2)
     trainer = Trainer(cfg, out_dir, dist_info=setup_distributed())
     trainer.run()
     torch.save(trainer.rmnet.state_dict(), os.path.join(out_dir, f'rank{rank}.pt'))
