@@ -49,14 +49,15 @@ def still_clip_cfg(cfg):
 
 
 def test_overfitting_one_clip_lowers_the_loss_steadily(data_root, tmp_path):
-    """From random weights (calibrated on the data), at the published learning rate."""
+    """From random weights (calibrated on the data), at the published learning rate; 2-frame
+    clips (the DDP test trains on 3-frame clips)."""
     torch.manual_seed(0)
-    cfg = still_clip_cfg(training_cfg(data_root, N_EPOCHS=100))
+    cfg = still_clip_cfg(training_cfg(data_root, N_EPOCHS=100, N_MAX_FRAMES=2))
     trainer = Trainer(cfg, str(tmp_path))
     batch = next(iter(trainer._loader(1)))
     trainer.set_train_mode()
-    losses = [trainer.train_step(batch)[0] for _ in range(15)]
-    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.65 * losses[0], losses
+    losses = [trainer.train_step(batch)[0] for _ in range(10)]
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.75 * losses[0], losses
 
 
 def test_resume_continues_exactly(data_root, tmp_path):
@@ -144,7 +145,7 @@ def _ddp_worker(rank, world_size, port, root, out_dir):
     torch.set_num_threads(1)
     torch.manual_seed(rank)                     # different seeds: DDP must still start them equal
     from core.distributed import setup_distributed
-    cfg = training_cfg(root, BATCH_SIZE=2, N_EPOCHS=1, N_MAX_FRAMES=2)
+    cfg = training_cfg(root, BATCH_SIZE=2, N_EPOCHS=1)       # 3-frame clips, as published
     trainer = Trainer(cfg, out_dir, dist_info=setup_distributed())
     trainer.run()
     torch.save(trainer.rmnet.state_dict(), os.path.join(out_dir, f'rank{rank}.pt'))
