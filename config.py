@@ -133,6 +133,7 @@ __C.TRAIN.AUGMENTATION.BRIGHTNESS = (0.97, 1.03)
 #
 __C.TEST = edict()
 __C.TEST.N_MAX_OBJECTS = 10
+__C.TEST.VIDEO_SHORT_SIDE = 480                           # own videos: short side the networks run at (0: input size)
 __C.TEST.MEMORIZE_EVERY = 5
 __C.TEST.FRAME_SCALES = [1.0]
 __C.TEST.FLIP_LR = False

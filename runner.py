@@ -33,12 +33,14 @@ class UsageError(UserError):
 
 
 def short_side(text: str) -> int:
+    """--size: 0 (the input size) or a short side of at least MIN_SHORT_SIDE pixels."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected a whole number of pixels, got {text!r}') from None
-    if value < MIN_SHORT_SIDE:
-        raise argparse.ArgumentTypeError(f'the short side must be at least {MIN_SHORT_SIDE} pixels, got {text}')
+    if value != 0 and value < MIN_SHORT_SIDE:
+        raise argparse.ArgumentTypeError(f'the short side must be 0 (the input size) or at least '
+                                         f'{MIN_SHORT_SIDE} pixels, got {text}')
     return value
 
 
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--precision', choices=('fp32', 'bf16'), help='inference precision (default: '
                         'cfg.TEST.PRECISION; bf16 is faster and needs less GPU memory)')
     parser.add_argument('--size', type=short_side, metavar='S',
-                        help='resize frames to this short side for the network (masks keep the input size)')
+                        help='short side the networks run at (at least 32), 0 for the input size (masks '
+                             'keep the input size); default: cfg.TEST.VIDEO_SHORT_SIDE (480) for --video, '
+                             'the input size for benchmark splits')
     parser.add_argument('--visualize', action='store_true',
                         help='also write overlays of the masks on the frames (cfg.TEST.VISUALIZE)')
     benchmark = parser.add_argument_group('benchmark splits (--test, --inference)')
@@ -108,7 +112,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.resume and (args.test or args.inference or args.benchmark is not None):
         parser.error('--resume: only when training')
     if not (args.test or args.inference):
-        given = [f'--{name}' for name in ('dataset', 'split', 'output', 'size') if getattr(args, name)]
+        given = [f'--{name}' for name in ('dataset', 'split', 'output', 'size') if getattr(args, name) is not None]
         if given:
             parser.error(f'{", ".join(given)}: only with --test or --inference')
     return args

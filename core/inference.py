@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 import config
 from core.segmenter import VideoSegmenter as CoreSegmenter
+from core.segmenter import network_size
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
 from core.results import VideoResults, write_zip
 from core.streaming import experiment_dir, new_segmenter, prepare_output_dir, segment_stream
@@ -100,7 +101,9 @@ def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str 
     """Segment a video file or frame folder from its mask files (FRAME:FILE strings or (frame,
     file) pairs; frame 0 first); write the outputs listed in the module docstring and return a
     summary (frames, objects, fps and the output paths). A non-empty `out_dir` is refused unless
-    `overwrite`, which replaces only an earlier run's outputs there."""
+    `overwrite`, which replaces only an earlier run's outputs there. The networks run at short
+    side `short_side` (None: cfg.TEST.VIDEO_SHORT_SIDE; 0: the input size); outputs keep the
+    input size."""
     out_dir = check_output_folder(cfg, out_dir or experiment_dir(cfg))
     source = open_frames(video)
     specs = [parse_mask_spec(spec) if isinstance(spec, str) else spec for spec in masks]
@@ -109,6 +112,9 @@ def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str 
                              max_objects=int(cfg.TEST.N_MAX_OBJECTS))
     _check_mask_frames(specs, given, source)
     objects = _user_objects(cfg, given, dict(specs))
+    if short_side is None:
+        short_side = int(cfg.TEST.VIDEO_SHORT_SIDE)
+    net_height, net_width = network_size(*source.size, short_side)
     with removed_if_left_empty(out_dir):
         prepare_output_dir(out_dir)
         segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
@@ -120,7 +126,8 @@ def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str 
     where = f'masks in {summary["masks"]}, overlay {summary["overlay"]}'
     if binary:
         where += f', binary masks in {summary["binary"]}'
-    print(f'{summary["frames"]} frames, {summary["objects"]} object(s), {summary["fps"]:.1f} frames/s; {where}')
+    print(f'{summary["frames"]} frames, {summary["objects"]} object(s), networks at {net_width}x{net_height}, '
+          f'{summary["fps"]:.1f} frames/s; {where}')
     return summary
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 import torch.distributed as dist
+from torchvision.models import ResNet50_Weights
 from tqdm import tqdm
 
 from core.distributed import Distributed, broadcast_object, setup_distributed
@@ -36,29 +37,24 @@ from utils.cli import UserError
 from utils.io import DataError, WriteError, read_frame, read_mask
 from utils.metrics import quick_video_metrics
 from utils.output_safety import check_output_folder, remove_stale_temporaries
+from utils.torchvision_weights import MissingWeightsError, fetch_weights
 from utils.visualization import overlay
 
 logger = logging.getLogger(__name__)
-IMAGENET_RESNET50 = 'resnet50-0676ba61.pth'   # torchvision's ResNet50_Weights.IMAGENET1K_V1
 
 
 class TrainingError(UserError, RuntimeError):
     """A training run that cannot start or continue; the message says why."""
 
 
-def imagenet_backbone_path() -> str:
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', IMAGENET_RESNET50)
-
-
 def load_imagenet_backbones(rmnet: RMNet) -> None:
     """Copy torchvision's ImageNet ResNet-50 (conv1, bn1, layer1-3) into both encoders."""
-    path = imagenet_backbone_path()
-    if not os.path.isfile(path):
-        raise TrainingError(f'ImageNet ResNet-50 weights not found at {path}. Download '
-                            f'torchvision\'s ResNet50_Weights.IMAGENET1K_V1 there (this run does not '
-                            f'download), or start from random weights with '
-                            f'--set TRAIN.PRETRAINED_BACKBONE False')
-    state = torch.load(path, map_location='cpu')
+    try:
+        path = fetch_weights(ResNet50_Weights.IMAGENET1K_V1)
+    except MissingWeightsError as e:
+        raise TrainingError(f'{e}; or start from random weights with '
+                            f'--set TRAIN.PRETRAINED_BACKBONE False') from e
+    state = torch.load(path, map_location='cpu', weights_only=True)
     names = {'conv1': 'conv1', 'bn1': 'bn1', 'layer1': 'res2', 'layer2': 'res3', 'layer3': 'res4'}
     for encoder in (rmnet.encoder_memory, rmnet.encoder_query):
         own = encoder.state_dict()

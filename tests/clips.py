@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DAVIS_TRAIN, require_shared
+from conftest import DAVIS_TRAIN
 from config import cfg
 from tools.make_demo import load, paste
 from utils.io import write_palette_mask
@@ -27,7 +27,7 @@ def restore_cfg():
 
 def two_object_clip(n_frames: int, size: Tuple[int, int] = SIZE) -> Tuple[List[np.ndarray], List[np.ndarray]]:
     """Frames and id masks of 'hike' (object 1) with the woman of 'lucia' pasted in (object 2)."""
-    require_shared(DAVIS_TRAIN)
+    DAVIS_TRAIN
     scale = size[0] / 480
     small = (int(round(size[0] * 0.6)), int(round(size[1] * 0.6)))
     frames, masks = [], []
@@ -42,7 +42,7 @@ def two_object_clip(n_frames: int, size: Tuple[int, int] = SIZE) -> Tuple[List[n
 
 def one_object_clip(sequence: str, n_frames: int, size: Tuple[int, int] = SIZE):
     """Frames and 0/1 masks of one DAVIS 2016 sequence."""
-    pairs = [load(require_shared(DAVIS_TRAIN), sequence, t, size) for t in range(n_frames)]
+    pairs = [load(DAVIS_TRAIN, sequence, t, size) for t in range(n_frames)]
     return [frame for frame, _ in pairs], [mask.astype(np.uint8) for _, mask in pairs]
 
 

@@ -121,7 +121,7 @@ def test_a_network_entry_that_is_not_a_state_dict(tmp_path):
     path = str(tmp_path / 'odd.pth')
     torch.save({'tflownet': {'module.w': torch.zeros(1)}, 'rmnet': [torch.zeros(1)]}, path)
     with pytest.raises(CheckpointError, match=r'odd.pth \[rmnet\]: expected a state dict .*got list'):
-        load_networks(path, rmnet=RMNet())
+        load_networks(path, rmnet=RMNet(cfg))
     torch.save({'tflownet': {'module.w': 'text'}, 'rmnet': {}}, path)
     with pytest.raises(CheckpointError, match=r"\[tflownet\]: expected a state dict .*'module.w' is str"):
         load_networks(path, tflownet=TinyFlowNet())

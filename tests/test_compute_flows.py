@@ -1,19 +1,18 @@
 """Teacher flows with RAFT: file naming, the frame order given to the model, resuming, weights."""
 import os
-import subprocess
-import sys
+import urllib.error
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.models.optical_flow import raft_small
+from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_small
 
-from conftest import ROOT
 from datasets.video import Video
-from utils.compute_flows import (MissingWeightsError, backward_flow, compute_flows, load_raft,
-                                 weights_file, write_video_flows)
+from utils.cli import run_command
+from utils.compute_flows import backward_flow, compute_flows, load_raft, main, write_video_flows
 from utils.io import read_flo
+from utils.torchvision_weights import hub_path
 
 CPU = torch.device('cpu')
 
@@ -74,28 +73,35 @@ def test_raft_runs_on_a_tiny_clip(tmp_path):
     assert write_video_flows(model, video, str(tmp_path / 'flows'), CPU, num_flow_updates=2) == 2
 
 
-def test_missing_weights_give_a_clear_error_without_downloading(tmp_path):
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / 'hub'))
-    try:
-        expected = str(tmp_path / 'hub' / 'checkpoints' / 'raft_large_C_T_SKHT_V2-ff5fadd5.pth')
-        assert weights_file('raft_large') == expected
-        with pytest.raises(MissingWeightsError, match='this tool never downloads') as error:
-            load_raft('raft_large', CPU)
-        assert expected in str(error.value) and 'download.pytorch.org' in str(error.value)
-        assert not os.path.exists(expected)
-    finally:
-        torch.hub.set_dir(previous)
+def offline(monkeypatch, tmp_path):
+    """An empty torch hub cache in tmp_path and no network."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    monkeypatch.setattr(torch.hub, '_hub_dir', None)
+
+    def urlopen(*args, **kwargs):
+        raise urllib.error.URLError('Network is unreachable')
+    monkeypatch.setattr(torch.hub, 'urlopen', urlopen)
+
+
+def test_cached_raft_weights_are_loaded_without_a_download(tmp_path, monkeypatch):
+    offline(monkeypatch, tmp_path)
+    torch.manual_seed(0)
+    state = raft_small(weights=None).state_dict()
+    path = hub_path(Raft_Small_Weights.DEFAULT)
+    os.makedirs(os.path.dirname(path))
+    torch.save(state, path)
+    model = load_raft('raft_small', CPU)
+    assert not model.training
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())
     with pytest.raises(ValueError, match='unknown flow model'):
         load_raft('flownet2', CPU)
 
 
-def test_command_without_raft_weights_is_one_error_line(tmp_path):
-    command = [sys.executable, '-m', 'utils.compute_flows', '--dataset', 'DAVIS', '--out', str(tmp_path / 'flows'),
-               '--device', 'cpu']
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, TORCH_HOME=str(tmp_path / 'torch')))
-    assert done.returncode == 2 and 'Traceback' not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: ') and 'raft_large weights are not there' in lines[0]
-    assert not os.path.exists(tmp_path / 'flows')
+def test_offline_without_weights_one_error_line(tmp_path, monkeypatch, capsys):
+    offline(monkeypatch, tmp_path)
+    assert run_command(main, ['--dataset', 'DAVIS', '--out', str(tmp_path / 'flows'), '--device', 'cpu']) == 2
+    lines = capsys.readouterr().err.splitlines()
+    path = hub_path(Raft_Large_Weights.DEFAULT)
+    assert len(lines) == 1 and lines[0].startswith('error: ') and Raft_Large_Weights.DEFAULT.url in lines[0]
+    assert path in lines[0] and 'Network is unreachable' in lines[0]
+    assert not os.path.exists(path) and not (tmp_path / 'flows').exists()

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import config
-from conftest import DAVIS_TRAIN, ROOT, require_shared
+from conftest import DAVIS_TRAIN, ROOT
 from datasets.make_index import main as make_index
 from datasets.registry import list_videos, parse_dataset_list
 from utils.cli import run_command
@@ -24,7 +24,7 @@ H, W = 36, 64
 @pytest.fixture(scope='module')
 def jpegs():
     """Four real DAVIS frames downscaled to 64x36, as JPEG bytes."""
-    folder = os.path.join(require_shared(DAVIS_TRAIN), 'JPEGImages', '480p', 'bear')
+    folder = os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', 'bear')
     encoded = []
     for index in range(4):
         with Image.open(os.path.join(folder, f'{index:05d}.jpg')) as image:
@@ -143,10 +143,13 @@ def test_davis2016_release_list_of_frame_and_annotation_paths(cfg, jpegs):
 
 def test_real_davis2016_train_split():
     options = copy.deepcopy(config.cfg)
-    options.DATASETS.DAVIS2016.ROOT = require_shared(DAVIS_TRAIN)
+    options.DATASETS.DAVIS2016.ROOT = DAVIS_TRAIN
     videos = list_videos(options, 'DAVIS2016', 'train')
-    assert len(videos) == 30 and sum(len(v) for v in videos) == 2079
-    assert videos[0].name == 'bear' and len(videos[0]) == 82
+    with open(os.path.join(DAVIS_TRAIN, 'ImageSets', '2016', 'train.txt')) as f:
+        assert [v.name for v in videos] == f.read().split()
+    for video in videos:
+        frames = os.listdir(os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', video.name))
+        assert len(video) == len(frames) > 0
     for video in videos:
         assert video.binary and list(video.given_masks) == [0]
         assert len(video.ground_truth) == len(video) == len(video.output_names)

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DAVIS_TRAIN, ROOT, require_shared
+from conftest import DAVIS_TRAIN, ROOT
 from utils.evaluate import (GLOBAL_COLUMNS, evaluate_folder, evaluate_sequence, format_table,
                             split_sequences, summarise, write_csvs)
 from utils.io import DataError, read_mask, write_palette_mask
@@ -51,7 +51,7 @@ def rects_sequence():
 
 def bear_sequence(n_frames=8):
     """The first frames of the real 'bear' annotations, a quarter of their size."""
-    folder = os.path.join(require_shared(DAVIS_TRAIN), 'Annotations', '480p', 'bear')
+    folder = os.path.join(DAVIS_TRAIN, 'Annotations', '480p', 'bear')
     paths = sorted(glob.glob(os.path.join(folder, '*.png')))
     return np.stack([cv2.resize(read_mask(p), (214, 120), interpolation=cv2.INTER_NEAREST)
                      for p in paths[:n_frames]])

@@ -2,6 +2,7 @@
 import os
 import zipfile
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -37,11 +38,11 @@ def zip_names(path):
         return sorted(archive.namelist())
 
 
-def test_davis_results_layout_and_zip(tmp_path, clip, synth_checkpoint):
+def test_davis_results_layout_and_zip(tmp_path, clip, checkpoint):
     frames, masks = clip
     root = davis_root(str(tmp_path / 'DAVIS'), {'hike': (frames[:3], masks[:3])})
     out = tmp_path / 'out'
-    assert runner.main(['--inference', '--weights', synth_checkpoint, '--dataset', 'DAVIS', '--split', 'train',
+    assert runner.main(['--inference', '--weights', checkpoint, '--dataset', 'DAVIS', '--split', 'train',
                         '--output', str(out), '--set', 'DATASETS.DAVIS.ROOT', root, '--visualize']) == 0
     names = ['00000.png', '00001.png', '00002.png']
     assert sorted(os.listdir(out / 'hike')) == names
@@ -52,11 +53,11 @@ def test_davis_results_layout_and_zip(tmp_path, clip, synth_checkpoint):
     assert frame_count(out / 'overlay' / 'hike.mp4') == 3
 
 
-def test_youtube_vos_listed_frames_object_appearing_mid_video(tmp_path, clip, synth_checkpoint):
+def test_youtube_vos_listed_frames_object_appearing_mid_video(tmp_path, clip, checkpoint):
     frames, masks = clip
     root = youtube_root(str(tmp_path / 'YouTubeVOS'), 'walkers', frames, masks, {1: [0, 2, 4], 2: [2, 4]})
     out = tmp_path / 'out'
-    assert runner.main(['--inference', '--weights', synth_checkpoint, '--dataset', 'YOUTUBE_VOS',
+    assert runner.main(['--inference', '--weights', checkpoint, '--dataset', 'YOUTUBE_VOS',
                         '--output', str(out), '--set', 'DATASETS.YOUTUBE_VOS.ROOT', root]) == 0
     video_dir = out / 'Annotations' / 'walkers'
     assert sorted(os.listdir(video_dir)) == ['00000.png', '00002.png', '00004.png']    # listed frames only
@@ -84,14 +85,14 @@ def user_inputs(tmp_path, clip, binary_later=False):
 
 
 @pytest.mark.parametrize('binary_later, new_id', [(False, 9), (True, 8)])
-def test_own_video_outputs_keep_user_ids_and_take_late_objects(tmp_path, clip, synth_checkpoint, capsys,
+def test_own_video_outputs_keep_user_ids_and_take_late_objects(tmp_path, clip, checkpoint, capsys,
                                                                binary_later, new_id):
     """A later id mask adds its new id; a later binary mask a new object with the next free id."""
     video, first, later = user_inputs(tmp_path, clip, binary_later)
     out = tmp_path / 'out'
     assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
-                        '--mask', f'2:{tmp_path / "later.png"}', '--weights', synth_checkpoint,
-                        '--output', str(out), '--binary']) == 0
+                        '--mask', f'2:{tmp_path / "later.png"}', '--weights', checkpoint,
+                        '--output', str(out), '--binary', '--size', '0']) == 0
     names = [f'{t:05d}.png' for t in range(4)]
     assert sorted(os.listdir(out / 'masks')) == names
     ids = [read_ids(str(out / 'masks' / name)) for name in names]
@@ -104,10 +105,10 @@ def test_own_video_outputs_keep_user_ids_and_take_late_objects(tmp_path, clip, s
     assert binary.shape == (HEIGHT, WIDTH) and set(np.unique(binary)) <= {0, 255}
     assert np.array_equal(binary == 255, ids[3] == 7)
     summary = capsys.readouterr().out
-    assert '4 frames, 3 object(s)' in summary and str(out / 'masks') in summary
+    assert f'4 frames, 3 object(s), networks at {WIDTH}x{HEIGHT}' in summary and str(out / 'masks') in summary
 
 
-def test_own_video_file(tmp_path, clip, synth_checkpoint):
+def test_own_video_file(tmp_path, clip, checkpoint):
     frames, masks = clip
     with VideoWriter(str(tmp_path / 'clip.mp4'), 24.0) as writer:
         for frame in frames[:3]:
@@ -115,20 +116,27 @@ def test_own_video_file(tmp_path, clip, synth_checkpoint):
     write_palette_mask(str(tmp_path / 'first.png'), masks[0])
     out = tmp_path / 'out'
     assert runner.main(['--inference', '--video', writer.path, '--mask', str(tmp_path / 'first.png'),
-                        '--weights', synth_checkpoint, '--output', str(out), '--precision', 'fp32']) == 0
+                        '--weights', checkpoint, '--output', str(out), '--precision', 'fp32', '--size', '0']) == 0
     assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png', '00002.png']
     assert frame_count(out / 'overlay.mp4') == 3
+    with av.open(str(out / 'overlay.mp4')) as overlay:                  # plays in browsers
+        assert overlay.streams.video[0].codec_context.name == 'h264'
 
 
-def test_own_video_size_keeps_input_size(tmp_path, clip, synth_checkpoint):
-    video, first, _ = user_inputs(tmp_path, clip)
-    out = tmp_path / 'out'
-    assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
-                        '--weights', synth_checkpoint, '--output', str(out), '--size', '64']) == 0
-    assert read_ids(str(out / 'masks' / '00003.png')).shape == (HEIGHT, WIDTH)
+def test_own_video_networks_at_the_configured_short_side_outputs_at_input_size(tmp_path, clip, checkpoint, capsys):
+    frames, masks = clip
+    video = frame_folder(str(tmp_path / 'frames'), frames[:2])
+    write_palette_mask(str(tmp_path / 'first.png'), masks[0])
+    for options, network in (([], '107x60'), (['--size', '64'], '114x64'), (['--size', '0'], f'{WIDTH}x{HEIGHT}')):
+        out = tmp_path / f'out-{network}'
+        assert runner.main(['--inference', '--video', video, '--mask', str(tmp_path / 'first.png'),
+                            '--weights', checkpoint, '--output', str(out), '--set', 'TEST.VIDEO_SHORT_SIDE', '60',
+                            *options]) == 0
+        assert f'2 frames, 2 object(s), networks at {network},' in capsys.readouterr().out
+        assert read_ids(str(out / 'masks' / '00001.png')).shape == (HEIGHT, WIDTH)
 
 
-def test_python_api_streams_and_takes_late_objects(clip, synth_checkpoint):
+def test_python_api_streams_and_takes_late_objects(clip, checkpoint):
     frames, masks = clip
     consumed = []
 
@@ -137,7 +145,7 @@ def test_python_api_streams_and_takes_late_objects(clip, synth_checkpoint):
             consumed.append(len(consumed))
             yield frame
 
-    segmenter = VideoSegmenter(synth_checkpoint, 'cpu')
+    segmenter = VideoSegmenter(checkpoint, 'cpu')
     later = np.where(masks[2] == 2, 2, 0).astype(np.uint8)
     segmenter.add_object(2, later)
     outputs = []

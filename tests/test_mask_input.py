@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DAVIS_TRAIN, require_shared
+from conftest import DAVIS_TRAIN, DAVIS_TRAIN_HW
 from utils.io import PALETTE, read_mask, write_palette_mask
 from utils.mask_input import MaskError, parse_mask_spec, read_first_mask, read_given_masks
 
@@ -32,8 +32,8 @@ def save_rgb(path, rgb: np.ndarray) -> str:
 
 
 def test_davis_palette_mask_keeps_its_ids():
-    path = require_shared(os.path.join(DAVIS_TRAIN, 'Annotations', '480p', 'bear', '00000.png'))
-    mask = read_first_mask(path, size=(480, 854))
+    path = os.path.join(DAVIS_TRAIN, 'Annotations', '480p', 'bear', '00000.png')
+    mask = read_first_mask(path, size=DAVIS_TRAIN_HW)
     assert (mask.n_objects, mask.labels) == (1, (1,))
     assert np.array_equal(mask.ids, read_mask(path))
     assert mask.colours.tolist() == [PALETTE[1].tolist()]
@@ -128,7 +128,7 @@ def test_unusable_masks(tmp_path):
     with pytest.raises(MaskError, match=r'many\.png: 11 objects found, at most 10'):
         read_first_mask(str(tmp_path / 'many.png'))
     assert read_first_mask(str(tmp_path / 'many.png'), max_objects=11).n_objects == 11
-    photo = require_shared(os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', 'bear', '00000.jpg'))
+    photo = os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', 'bear', '00000.jpg')
     with pytest.raises(MaskError, match=r'of the pixels have one of its main colours'):
         read_first_mask(photo)
     squares = np.zeros(SIZE + (3,), np.uint8)

@@ -38,7 +38,8 @@ def mask(tmp_path, clip):
 
 
 def own_video(video, mask, weights, output, *extra):
-    return ['--inference', '--video', video, '--mask', mask, '--weights', weights, '--output', output, *extra]
+    return ['--inference', '--video', video, '--mask', mask, '--weights', weights, '--output', output,
+            '--size', '0', *extra]
 
 
 def expect_error(capsys, argv, *fragments):
@@ -69,7 +70,8 @@ def test_own_video_options_parse():
 
 
 @pytest.mark.parametrize('argv', [['--mask', 'a.png'], ['--video', 'v.mp4'], ['--test', '--video', 'v.mp4'],
-                                  ['--test', '--inference'], ['--output', 'out'], ['--size', '0', '--test'],
+                                  ['--test', '--inference'], ['--output', 'out'], ['--size', '-1', '--test'],
+                                  ['--size', '0'],
                                   ['--video', 'v.mp4', '--mask', 'a.png', '--dataset', 'DAVIS']])
 def test_misuse_is_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -121,10 +123,10 @@ def test_unreadable_and_empty_videos(tmp_path, mask, capsys):
                  'absent.mp4')
 
 
-def test_corrupt_frame_mid_video_keeps_earlier_outputs(tmp_path, video, mask, synth_checkpoint, capsys):
+def test_corrupt_frame_mid_video_keeps_earlier_outputs(tmp_path, video, mask, checkpoint, capsys):
     (tmp_path / 'frames' / '00002.jpg').write_bytes(b'\xff\xd8 not a jpeg')
     out = tmp_path / 'out'
-    expect_error(capsys, own_video(video, mask, synth_checkpoint, str(out)), '00002.jpg', 'frame 2',
+    expect_error(capsys, own_video(video, mask, checkpoint, str(out)), '00002.jpg', 'frame 2',
                  'masks of frames 0..1 are kept')
     assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png']
     capture = cv2.VideoCapture(str(out / 'overlay.mp4'))
@@ -133,12 +135,12 @@ def test_corrupt_frame_mid_video_keeps_earlier_outputs(tmp_path, video, mask, sy
     assert not [name for name in os.listdir(out) if name.startswith('.')]     # no temporary files left
 
 
-def test_mask_of_another_size_then_resize_mask(tmp_path, video, clip, synth_checkpoint, capsys):
+def test_mask_of_another_size_then_resize_mask(tmp_path, video, clip, checkpoint, capsys):
     small = str(tmp_path / 'small.png')
     write_palette_mask(small, cv2.resize(clip[1][0], (80, 45), interpolation=cv2.INTER_NEAREST))
-    expect_error(capsys, own_video(video, small, synth_checkpoint, str(tmp_path / 'out')), 'small.png',
+    expect_error(capsys, own_video(video, small, checkpoint, str(tmp_path / 'out')), 'small.png',
                  '45x80', '90x160')
-    assert runner.main(own_video(video, small, synth_checkpoint, str(tmp_path / 'out'), '--resize-mask')) == 0
+    assert runner.main(own_video(video, small, checkpoint, str(tmp_path / 'out'), '--resize-mask')) == 0
     assert read_ids(str(tmp_path / 'out' / 'masks' / '00003.png')).shape == (SIZE[1], SIZE[0])
 
 
@@ -162,7 +164,7 @@ def test_later_mask_past_the_end(tmp_path, video, mask, capsys):
                  'frame 9', '4 frames')
 
 
-def test_antialiased_colour_mask_works(tmp_path, video, synth_checkpoint):
+def test_antialiased_colour_mask_works(tmp_path, video, checkpoint):
     colour = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
     cv2.circle(colour, (60, 45), 20, (255, 0, 0), -1, cv2.LINE_AA)
     cv2.ellipse(colour, (120, 50), (18, 25), 30, 0, 360, (0, 255, 0), -1, cv2.LINE_AA)
@@ -170,7 +172,7 @@ def test_antialiased_colour_mask_works(tmp_path, video, synth_checkpoint):
     path = str(tmp_path / 'drawn.png')
     Image.fromarray(colour).save(path)
     out = tmp_path / 'out'
-    assert runner.main(own_video(video, path, synth_checkpoint, str(out))) == 0
+    assert runner.main(own_video(video, path, checkpoint, str(out))) == 0
     first = read_ids(str(out / 'masks' / '00000.png'))
     assert set(np.unique(first)) == {0, 1, 2}                      # DAVIS red is 1, green is 2
     assert first[45, 60] == 1 and first[50, 120] == 2
@@ -183,9 +185,9 @@ def test_output_folder_not_writable(tmp_path, video, mask, capsys):
                  'cannot be written')
 
 
-def test_truncated_weights(tmp_path, video, mask, synth_checkpoint, capsys):
+def test_truncated_weights(tmp_path, video, mask, checkpoint, capsys):
     truncated = tmp_path / 'truncated.pth'
-    with open(synth_checkpoint, 'rb') as f:
+    with open(checkpoint, 'rb') as f:
         truncated.write_bytes(f.read(1 << 16))
     expect_error(capsys, own_video(video, mask, str(truncated), str(tmp_path / 'out')), 'truncated.pth',
                  'not a readable PyTorch checkpoint')

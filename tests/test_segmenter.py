@@ -155,7 +155,7 @@ def real_clips(n_frames=20):
     """Two DAVIS sequences with one object each, halved to 427x240."""
     clips = []
     for name in ('bear', 'car-turn'):
-        folder = os.path.join(require_shared(DAVIS_TRAIN), 'JPEGImages', '480p', name)
+        folder = os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', name)
         frames = [read_frame(p)[::2, ::2].copy() for p in sorted(glob.glob(f'{folder}/*.jpg'))[:n_frames]]
         mask = read_mask(os.path.join(DAVIS_TRAIN, 'Annotations', '480p', name, '00000.png'))[::2, ::2]
         clips.append((frames, (mask > 0).astype(np.uint8)))

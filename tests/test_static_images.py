@@ -8,7 +8,7 @@ from easydict import EasyDict as edict
 from PIL import Image
 
 from config import cfg as default_cfg
-from conftest import DAVIS_TRAIN, require_shared
+from conftest import DAVIS_TRAIN
 from datasets.static_images import (ImageMaskPair, StaticImageDataset, davis_frame_pairs,
                                     find_pairs, is_static_dataset, read_object_mask,
                                     static_image_dataset)
@@ -107,7 +107,7 @@ def test_mismatched_mask_size_names_the_files(tmp_path):
 
 
 def test_affine_video_of_a_real_frame_is_consistent_with_its_flows():
-    root = require_shared(DAVIS_TRAIN)
+    root = DAVIS_TRAIN
     pair = ImageMaskPair('bear/00000',
                          os.path.join(root, 'JPEGImages', '480p', 'bear', '00000.jpg'),
                          os.path.join(root, 'Annotations', '480p', 'bear', '00000.png'))

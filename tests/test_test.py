@@ -26,10 +26,10 @@ def read_csv(path):
         return list(csv.reader(f))
 
 
-def test_davis_prints_scores_and_writes_masks_and_csvs(tmp_path, clips, synth_checkpoint, capsys):
+def test_davis_prints_scores_and_writes_masks_and_csvs(tmp_path, clips, checkpoint, capsys):
     root = davis_root(str(tmp_path / 'DAVIS'), clips)
     out = tmp_path / 'out'
-    assert run_test(root, out, 'DAVIS', synth_checkpoint, '--set', 'TEST.EVAL_WORKERS', '1', '--visualize') == 0
+    assert run_test(root, out, 'DAVIS', checkpoint, '--set', 'TEST.EVAL_WORKERS', '1', '--visualize') == 0
     printed = capsys.readouterr().out
     for row in ('hike_1', 'hike_2', 'bear_1', 'J&F-Mean', 'F-Decay'):
         assert row in printed
@@ -46,10 +46,10 @@ def test_davis_prints_scores_and_writes_masks_and_csvs(tmp_path, clips, synth_ch
     assert [row[0] for row in sequence_rows[1:]] == ['hike_1', 'hike_2', 'bear_1']
 
 
-def test_davis2016_is_one_object_per_video(tmp_path, clips, synth_checkpoint, capsys):
+def test_davis2016_is_one_object_per_video(tmp_path, clips, checkpoint, capsys):
     root = davis_root(str(tmp_path / 'DAVIS'), {'hike': clips['hike']})
     out = tmp_path / 'out'
-    assert run_test(root, out, 'DAVIS2016', synth_checkpoint, '--set', 'TEST.EVAL_WORKERS', '2') == 0
+    assert run_test(root, out, 'DAVIS2016', checkpoint, '--set', 'TEST.EVAL_WORKERS', '2') == 0
     printed = capsys.readouterr().out
     assert 'hike_1' in printed and 'hike_2' not in printed
     first = read_ids(str(out / 'hike' / '00000.png'))
@@ -57,11 +57,11 @@ def test_davis2016_is_one_object_per_video(tmp_path, clips, synth_checkpoint, ca
     assert [row[0] for row in read_csv(out / 'per-sequence_results-train.csv')[1:]] == ['hike_1']
 
 
-def test_split_without_ground_truth_writes_masks_only(tmp_path, clips, synth_checkpoint, caplog):
+def test_split_without_ground_truth_writes_masks_only(tmp_path, clips, checkpoint, caplog):
     root = davis_root(str(tmp_path / 'DAVIS'), {'bear': clips['bear']}, annotated=False)
     out = tmp_path / 'out'
     with caplog.at_level(logging.INFO):
-        assert run_test(root, out, 'DAVIS', synth_checkpoint) == 0
+        assert run_test(root, out, 'DAVIS', checkpoint) == 0
     assert 'no public ground truth' in caplog.text
     assert sorted(os.listdir(out / 'bear')) == ['00000.png', '00001.png', '00002.png']
     assert not [name for name in os.listdir(out) if name.endswith('.csv')]
@@ -77,17 +77,17 @@ def _sharded_worker(rank, world_size, port, root, out, weights):
     assert status == 0
 
 
-def test_videos_sharded_over_processes_give_the_same_scores(tmp_path, clips, synth_checkpoint):
+def test_videos_sharded_over_processes_give_the_same_scores(tmp_path, clips, checkpoint):
     """torchrun-style: two processes (gloo) each take a share of the videos; rank 0 merges."""
     import socket
 
     import torch.multiprocessing as mp
     root = davis_root(str(tmp_path / 'DAVIS'), clips)
-    assert run_test(root, tmp_path / 'single', 'DAVIS', synth_checkpoint, '--set', 'TEST.EVAL_WORKERS', '1') == 0
+    assert run_test(root, tmp_path / 'single', 'DAVIS', checkpoint, '--set', 'TEST.EVAL_WORKERS', '1') == 0
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    mp.spawn(_sharded_worker, args=(2, port, root, str(tmp_path / 'sharded'), synth_checkpoint), nprocs=2)
+    mp.spawn(_sharded_worker, args=(2, port, root, str(tmp_path / 'sharded'), checkpoint), nprocs=2)
     for name in ('global_results-train.csv', 'per-sequence_results-train.csv'):
         assert read_csv(tmp_path / 'sharded' / name) == read_csv(tmp_path / 'single' / name)
     for video in clips:

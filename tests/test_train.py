@@ -5,11 +5,13 @@ import errno
 import logging
 import os
 import socket
+import urllib.error
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torchvision.models import ResNet50_Weights
 
 import runner
 from clips import davis_root, one_object_clip, restore_cfg  # noqa: F401  (autouse fixture)
@@ -51,34 +53,38 @@ def still_clip_cfg(cfg):
     return cfg
 
 
-def test_overfitting_one_clip_halves_the_loss(data_root, tmp_path):
-    """From random weights (calibrated on the data), at the published learning rate."""
+def test_overfitting_one_clip_lowers_the_loss_steadily(data_root, tmp_path):
+    """From random weights (calibrated on the data), at the published learning rate; 2-frame
+    clips (the DDP test trains on 3-frame clips)."""
     torch.manual_seed(0)
-    cfg = still_clip_cfg(training_cfg(data_root, N_EPOCHS=100))
+    cfg = still_clip_cfg(training_cfg(data_root, N_EPOCHS=100, N_MAX_FRAMES=2))
     trainer = Trainer(cfg, str(tmp_path))
     trainer.sampler.set_epoch(1, 1)
     batch = next(iter(trainer.loader))
     trainer.set_train_mode()
-    losses = [float(trainer.train_step(batch)[0][0]) for _ in range(30)]
-    assert min(losses[-5:]) < 0.5 * losses[0], losses
+    losses = [float(trainer.train_step(batch)[0][0]) for _ in range(10)]
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.75 * losses[0], losses
 
 
 def test_resume_continues_exactly(data_root, tmp_path):
+    """Two epochs in one run equal one epoch, then a resumed run of the second (one step per
+    epoch: both videos in one batch of 2-frame clips)."""
+    settings = {'N_EPOCHS': 2, 'BATCH_SIZE': 2, 'N_MAX_FRAMES': 2}
     torch.manual_seed(0)
-    straight = Trainer(training_cfg(data_root), str(tmp_path / 'straight'))
+    straight = Trainer(training_cfg(data_root, **settings), str(tmp_path / 'straight'))
     summary = straight.run()
-    assert summary['epoch'] == 3
+    assert summary['epoch'] == 2
 
     torch.manual_seed(0)
-    first = Trainer(training_cfg(data_root), str(tmp_path / 'split'))
-    first.run(max_epochs=2)
+    first = Trainer(training_cfg(data_root, **settings), str(tmp_path / 'split'))
+    first.run(max_epochs=1)
     checkpoint = str(tmp_path / 'split' / 'checkpoints' / 'ckpt-last.pth')
     content = read_checkpoint(checkpoint)
-    assert content['epoch_index'] == 2 and content['network'] == 'RMNet'
+    assert content['epoch_index'] == 1 and content['network'] == 'RMNet'
     assert all(key.startswith('module.') for key in content['rmnet'])
     torch.manual_seed(123)                     # the checkpoint's random states must win
-    resumed = Trainer(training_cfg(data_root), str(tmp_path / 'split'), resume=checkpoint)
-    assert resumed.epoch == 3
+    resumed = Trainer(training_cfg(data_root, **settings), str(tmp_path / 'split'), resume=checkpoint)
+    assert resumed.epoch == 2
     summary_resumed = resumed.run()
     assert summary_resumed['loss'] == pytest.approx(summary['loss'], rel=1e-6)
     for a, b in zip(straight.rmnet.state_dict().values(), resumed.rmnet.state_dict().values()):
@@ -99,10 +105,35 @@ def test_tiny_flownet_training_and_bad_settings(data_root, tmp_path):
                 dist_info=type(trainer.dist)(0, 2, torch.device('cpu')))
 
 
+def empty_torch_home_offline(monkeypatch, tmp_path) -> str:
+    """TORCH_HOME is tmp_path and downloads fail; returns where the ResNet-50 file goes."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    monkeypatch.setattr(torch.hub, '_hub_dir', None)
+
+    def urlopen(*args, **kwargs):
+        raise urllib.error.URLError('Network is unreachable')
+    monkeypatch.setattr(torch.hub, 'urlopen', urlopen)
+    return str(tmp_path / 'hub' / 'checkpoints' / 'resnet50-0676ba61.pth')
+
+
 def test_missing_imagenet_weights_are_explained(monkeypatch, tmp_path):
-    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
-    with pytest.raises(TrainingError, match='PRETRAINED_BACKBONE False'):
+    path = empty_torch_home_offline(monkeypatch, tmp_path)
+    with pytest.raises(TrainingError, match='PRETRAINED_BACKBONE False') as error:
         load_imagenet_backbones(RMNet(global_cfg))
+    assert ResNet50_Weights.IMAGENET1K_V1.url in str(error.value) and path in str(error.value)
+
+
+def test_cached_imagenet_weights_fill_both_encoders(monkeypatch, tmp_path):
+    path = empty_torch_home_offline(monkeypatch, tmp_path)
+    torch.manual_seed(0)
+    state = {'conv1.weight': torch.randn(64, 3, 7, 7), 'layer3.5.bn3.running_mean': torch.randn(1024)}
+    os.makedirs(os.path.dirname(path))
+    torch.save(state, path)
+    rmnet = RMNet(global_cfg)
+    load_imagenet_backbones(rmnet)
+    for encoder in (rmnet.encoder_memory, rmnet.encoder_query):
+        assert torch.equal(encoder.conv1.weight, state['conv1.weight'])
+        assert torch.equal(encoder.res4[5].bn3.running_mean, state['layer3.5.bn3.running_mean'])
 
 
 def test_a_failing_batch_stops_training(data_root, tmp_path):
@@ -120,7 +151,7 @@ def _ddp_worker(rank, world_size, port, root, out_dir):
     torch.set_num_threads(1)
     torch.manual_seed(rank)                     # different seeds: DDP must still start them equal
     from core.distributed import setup_distributed
-    cfg = training_cfg(root, BATCH_SIZE=2, N_EPOCHS=1)
+    cfg = training_cfg(root, BATCH_SIZE=2, N_EPOCHS=1)       # 3-frame clips, as published
     trainer = Trainer(cfg, out_dir, dist_info=setup_distributed())
     trainer.run()
     torch.save(trainer.rmnet.state_dict(), os.path.join(out_dir, f'rank{rank}.pt'))

@@ -10,7 +10,7 @@ from easydict import EasyDict as edict
 from PIL import Image
 
 from config import cfg as default_cfg
-from conftest import DAVIS_TRAIN, require_shared
+from conftest import DAVIS_TRAIN, DAVIS_TRAIN_HW
 from datasets.transforms import sample_rng
 from datasets.video import Video
 from datasets.video_clips import (ConcatWithRepeats, VideoClipDataset, build_training_set,
@@ -26,7 +26,7 @@ def identity(clip, rng):
 
 def davis_video(name, flow_dir=None, n_frames=None, binary=False):
     """A real DAVIS video (its first n_frames), flows expected in flow_dir/<name>/<frame>.flo."""
-    root = require_shared(DAVIS_TRAIN)
+    root = DAVIS_TRAIN
     frames = sorted(glob.glob(os.path.join(root, 'JPEGImages', '480p', name, '*.jpg')))[:n_frames]
     stems = [os.path.splitext(os.path.basename(p))[0] for p in frames]
     masks = [os.path.join(root, 'Annotations', '480p', name, f'{s}.png') for s in stems]
@@ -65,7 +65,7 @@ def test_clip_frames_masks_and_flows_come_from_the_sampled_frames(tmp_path):
     rng = np.random.default_rng(0)
     written = {}
     for index in range(1, 12):
-        written[index] = rng.normal(size=(480, 854, 2)).astype(np.float32)
+        written[index] = rng.normal(size=DAVIS_TRAIN_HW + (2,)).astype(np.float32)
         write_flo(video.flow_paths[index], written[index])
     dataset = VideoClipDataset('DAVIS', [video], identity, n_frames=3, seed=3, ignore_index=VOID)
     dataset.set_frame_step(4)
@@ -74,7 +74,7 @@ def test_clip_frames_masks_and_flows_come_from_the_sampled_frames(tmp_path):
     assert np.all(np.diff(indexes) == 4) and clip['name'] == 'DAVIS/dog-agility'
     for t, i in enumerate(indexes):
         assert np.array_equal(clip['frames'][t], read_frame(video.frame_paths[i]))
-        assert clip['masks'][t].shape == (480, 854)
+        assert clip['masks'][t].shape == DAVIS_TRAIN_HW
     assert np.all(clip['flows'][0] == 0)                        # frame 0 of a clip: no flow
     for t in (1, 2):                                            # the video frame's teacher flow
         assert np.array_equal(clip['flows'][t], written[indexes[t]])
@@ -83,7 +83,7 @@ def test_clip_frames_masks_and_flows_come_from_the_sampled_frames(tmp_path):
 def test_missing_flows_are_zero_with_one_warning(tmp_path, caplog):
     videos = [davis_video('dog-agility', str(tmp_path), n_frames=5),
               davis_video('rollerblade', n_frames=5)]           # no flow paths at all
-    write_flo(videos[0].flow_paths[2], np.ones((480, 854, 2), np.float32))
+    write_flo(videos[0].flow_paths[2], np.ones(DAVIS_TRAIN_HW + (2,), np.float32))
     with caplog.at_level(logging.WARNING):
         dataset = VideoClipDataset('DAVIS', videos, identity, n_frames=3, seed=0, ignore_index=VOID)
         for epoch in range(3):
@@ -104,7 +104,8 @@ def test_bad_files_raise_errors_naming_them(tmp_path):
     with pytest.raises(DataError, match=r'00001.flo: too short for a .flo header'):
         dataset[0]
     write_flo(video.flow_paths[1], np.zeros((10, 20, 2), np.float32))
-    with pytest.raises(DataError, match=r'00001.flo: flow is 20x10 but frame .*jpg is 854x480'):
+    height, width = DAVIS_TRAIN_HW
+    with pytest.raises(DataError, match=fr'00001.flo: flow is 20x10 but frame .*jpg is {width}x{height}'):
         dataset[0]
     missing_frame = Video(name='gone', frame_paths=[str(tmp_path / 'gone.jpg')], given_masks={},
                           output_names=['gone'], ground_truth={0: video.ground_truth[0]})

@@ -4,11 +4,12 @@ import os
 import threading
 import time
 
+import av
 import cv2
 import numpy as np
 import pytest
 
-from conftest import DAVIS_TRAIN, require_shared
+from conftest import DAVIS_TRAIN
 from utils import video_io
 from utils.io import read_frame
 from utils.video_io import PrefetchReader, VideoIOError, VideoWriter, natural_key, open_frames
@@ -18,7 +19,7 @@ RED = np.array([255, 0, 0], np.uint8)
 
 
 def davis_frames(count: int) -> list:
-    folder = require_shared(os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', 'bear'))
+    folder = os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', 'bear')
     frames = [read_frame(os.path.join(folder, f'{i:05d}.jpg')) for i in range(count)]
     return [cv2.resize(frame, SIZE[::-1], interpolation=cv2.INTER_AREA) for frame in frames]
 
@@ -179,13 +180,50 @@ def test_writer_rejects_a_frame_of_another_size(tmp_path):
     assert len(list(open_frames(str(tmp_path / 'result.mp4')))) == 1
 
 
+def probe(path: str):
+    """(codec name, pixel format, (H, W), decoded frames as RGB) of a video, decoded with PyAV."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format='rgb24') for frame in container.decode(stream)]
+        return stream.codec_context.name, stream.codec_context.format.name, (stream.height, stream.width), frames
+
+
+def test_writer_encodes_h264_yuv420p_with_the_index_first_and_odd_sizes_padded(tmp_path):
+    frames = [frame[:95, :159].copy() for frame in davis_frames(5)]          # odd height and width
+    with VideoWriter(str(tmp_path / 'result.mp4'), fps=24, size=(95, 159)) as writer:
+        for frame in frames:
+            writer.write(frame)
+    assert writer.frames_written == 5 and writer.path == str(tmp_path / 'result.mp4')
+    codec, pix_fmt, size, decoded = probe(writer.path)
+    assert (codec, pix_fmt, size, len(decoded)) == ('h264', 'yuv420p', (96, 160), 5)
+    for original, frame in zip(frames, decoded):
+        assert np.abs(frame[:95, :159].astype(int) - original).mean() < 6
+        assert np.abs(frame[95].astype(int) - frame[94]).mean() < 6                  # padding repeats the edge
+    with open(writer.path, 'rb') as f:
+        header = f.read()
+    assert header.index(b'moov') < header.index(b'mdat')                            # +faststart
+
+
+def test_writer_falls_back_to_opencv_with_one_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(video_io, 'H264_ENCODER', 'no-such-encoder')
+    with caplog.at_level(logging.WARNING, logger='utils.video_io'):
+        with VideoWriter(str(tmp_path / 'result.mp4'), fps=10) as writer:
+            for frame in davis_frames(3):
+                writer.write(frame)
+    assert os.listdir(tmp_path) == ['result.mp4']
+    assert len(caplog.records) == 1 and 'no-such-encoder' in caplog.text and 'mp4v' in caplog.text
+    codec, _, size, decoded = probe(writer.path)
+    assert (codec, size, len(decoded)) == ('mpeg4', SIZE, 3)
+
+
 def test_writer_falls_back_to_mjpg_avi(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(video_io, 'MP4_CODEC', 'QQQQ')  # a codec no mp4 muxer accepts
+    monkeypatch.setattr(video_io, 'H264_ENCODER', 'no-such-encoder')
+    monkeypatch.setattr(video_io, 'OPENCV_CODEC', 'QQQQ')  # a codec no mp4 muxer accepts
     with caplog.at_level(logging.WARNING, logger='utils.video_io'):
         with VideoWriter(str(tmp_path / 'result.mp4'), fps=10) as writer:
             for frame in davis_frames(3):
                 writer.write(frame)
     assert writer.path == str(tmp_path / 'result.avi')
     assert os.listdir(tmp_path) == ['result.avi']
-    assert 'result.avi' in caplog.text
+    assert len(caplog.records) == 1 and 'result.avi' in caplog.text
     assert len(list(open_frames(writer.path))) == 3

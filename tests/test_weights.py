@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -200,3 +201,9 @@ def test_plain_paths(tmp_path):
         resolve_weights(str(tmp_path / 'missing.pth'))
     with pytest.raises(WeightsError, match='is a folder'):
         resolve_weights(str(tmp_path))
+
+
+def test_sha256_of_a_file_larger_than_one_read(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, (3 << 20) + 5, dtype=np.uint8).tobytes()
+    (tmp_path / 'big.bin').write_bytes(data)
+    assert weights.sha256_of(str(tmp_path / 'big.bin')) == hashlib.sha256(data).hexdigest()

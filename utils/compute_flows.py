@@ -22,6 +22,7 @@ from tqdm import tqdm
 from datasets.video import Video
 from utils.cli import run_command
 from utils.io import read_frame, write_flo
+from utils.torchvision_weights import fetch_weights
 
 logger = logging.getLogger(__name__)
 
@@ -31,29 +32,13 @@ RAFT_STRIDE = 8
 RAFT_MIN_SIZE = 128   # RAFT's correlation pyramid needs feature maps of at least 16 x 16
 
 
-class MissingWeightsError(FileNotFoundError):
-    """The pretrained RAFT weights are not in the local torch hub cache."""
-
-
-def weights_file(model_name: str) -> str:
-    """Where torchvision looks for the weights of `model_name` (the torch hub cache)."""
-    _, weights = RAFT_MODELS[model_name]
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
-
-
 def load_raft(model_name: str, device: torch.device) -> torch.nn.Module:
-    """Pretrained RAFT in eval mode, from the local cache only (never downloads)."""
+    """Pretrained RAFT in eval mode; its weights are downloaded into the torch hub cache once."""
     if model_name not in RAFT_MODELS:
         raise ValueError(f'unknown flow model {model_name!r}; '
                          f'expected one of {sorted(RAFT_MODELS)}')
     builder, weights = RAFT_MODELS[model_name]
-    path = weights_file(model_name)
-    if not os.path.isfile(path):
-        raise MissingWeightsError(
-            f'{path}: the {model_name} weights are not there. torchvision looks for them in the '
-            f'torch hub cache ($TORCH_HOME/hub/checkpoints, now {os.path.dirname(path)}) and would '
-            f'download {weights.url}; this tool never downloads: copy that file there (or point TORCH_HOME at a cache that has it) and run '
-            f'again.')
+    fetch_weights(weights)
     return builder(weights=weights, progress=False).eval().to(device)
 
 

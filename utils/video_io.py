@@ -1,4 +1,4 @@
-"""Frames of a user's video (a video file or a folder of images), a prefetching reader and an mp4 writer.
+"""Frames of a user's video (a video file or a folder of images), a prefetching reader and an H.264 mp4 writer.
 
 Frames are decoded lazily, one at a time, so host memory does not grow with the video length.
 Every problem raises VideoIOError with a message that names the file.
@@ -9,10 +9,18 @@ import queue
 import re
 import stat
 import threading
-from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
+
+try:
+    import av
+    ENCODING_ERRORS: Tuple[type, ...] = (OSError, ValueError, av.error.FFmpegError)
+except ImportError:     # the writer falls back to OpenCV with a warning
+    av = None
+    ENCODING_ERRORS = (OSError, ValueError)
 
 from utils.io import DataError, file_mode, read_frame, temporary_path
 
@@ -21,8 +29,9 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 FOLDER_FPS = 24.0        # DAVIS frame rate, used for folders of frames unless told otherwise
 FALLBACK_FPS = 25.0      # for video files whose header has no frame rate
-MP4_CODEC = 'mp4v'
-FALLBACK_CODEC = 'MJPG'  # written as .avi when mp4 cannot be opened
+H264_ENCODER = 'libx264'  # FFmpeg encoder used through PyAV
+OPENCV_CODEC = 'mp4v'    # OpenCV's mp4 codec when PyAV cannot encode
+FALLBACK_CODEC = 'MJPG'  # written as .avi when OpenCV cannot open an mp4 either
 
 
 class VideoIOError(DataError):
@@ -241,13 +250,76 @@ def _frame_count(path: str) -> int:
         capture.release()
 
 
-class VideoWriter:
-    """Writes RGB frames to an mp4 (cv2 'mp4v'), or an MJPG .avi when mp4 cannot be opened.
+class _PyAVEncoder:
+    """H.264 (yuv420p) in an mp4 with the index at the front (+faststart), through PyAV."""
 
+    def __init__(self, path: str, fps: float, size: Tuple[int, int]) -> None:
+        if av is None:
+            raise ImportError('PyAV (the av package) is not installed')
+        self._container = av.open(path, 'w', format='mp4', options={'movflags': '+faststart'})
+        try:
+            self._stream = self._container.add_stream(H264_ENCODER, rate=Fraction(fps).limit_denominator(100000))
+            self._stream.height, self._stream.width = size
+            self._stream.pix_fmt = 'yuv420p'
+            self._stream.codec_context.open()
+        except BaseException:
+            self._container.close()
+            raise
+        self._index = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        picture = av.VideoFrame.from_ndarray(frame, format='rgb24')
+        picture.pts = self._index
+        self._index += 1
+        self._container.mux(self._stream.encode(picture))
+
+    def close(self) -> None:
+        try:
+            self._container.mux(self._stream.encode(None))
+        finally:
+            self._container.close()
+
+    def release(self) -> None:
+        self._container.close()
+
+
+class _OpenCVEncoder:
+    """cv2.VideoWriter with a FourCC codec."""
+
+    def __init__(self, path: str, fps: float, size: Tuple[int, int], codec: str) -> None:
+        height, width = size
+        self._writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), fps, (width, height))
+        if not self._writer.isOpened():
+            self._writer.release()
+            raise OSError(f'cv2.VideoWriter cannot open codec {codec}')
+
+    def write(self, frame: np.ndarray) -> None:
+        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        self._writer.release()
+
+    release = close
+
+
+Encoder = Union[_PyAVEncoder, _OpenCVEncoder]
+
+
+def even_size(size: Tuple[int, int]) -> Tuple[int, int]:
+    """(H, W) rounded up to even numbers, as yuv420p needs."""
+    return size[0] + size[0] % 2, size[1] + size[1] % 2
+
+
+class VideoWriter:
+    """Writes RGB frames to an H.264 mp4 (yuv420p, +faststart) that browsers and notebooks play.
+
+    Encoded through PyAV (FFmpeg's libx264). Odd heights or widths are padded by one row or
+    column repeating the last one (yuv420p needs even sizes). If PyAV cannot encode, one warning
+    and OpenCV's writer takes over ('mp4v' mp4, or an MJPG .avi when mp4 cannot be opened).
     The size comes from `size` (H, W) or the first frame. Frames go to a hidden temporary file
     beside the target that close() renames into place; leaving the `with` block through an
     exception deletes it, so the final name never holds a partial video. `path` is the file
-    written (its extension becomes .avi after a fallback).
+    written (its extension becomes .avi after the last fallback).
     """
 
     def __init__(self, path: str, fps: float, size: Optional[Tuple[int, int]] = None) -> None:
@@ -255,31 +327,40 @@ class VideoWriter:
         self.fps = float(fps)
         self.size = tuple(size) if size is not None else None
         self.frames_written = 0
-        self._writer: Optional[cv2.VideoWriter] = None
+        self._encoder: Optional[Encoder] = None
         self._temporary: Optional[str] = None
         if self.size is not None:
             self._open()
 
-    def _try_codec(self, codec: str, path: str) -> bool:
+    def _try(self, path: str, make: Callable[[str], Encoder]) -> Optional[str]:
+        """Open an encoder on a temporary file for `path`; None, or the reason it failed."""
         temporary = temporary_path(path)
-        height, width = self.size
-        writer = cv2.VideoWriter(temporary, cv2.VideoWriter_fourcc(*codec), self.fps, (width, height))
-        if writer.isOpened():
-            self._writer, self._temporary, self.path = writer, temporary, path
-            return True
-        writer.release()
-        os.remove(temporary)
-        return False
+        try:
+            self._encoder = make(temporary)
+        except Exception as e:  # any encoder failure: the next writer is tried
+            os.remove(temporary)
+            return str(e) or type(e).__name__
+        self._temporary, self.path = temporary, path
+        return None
 
     def _open(self) -> None:
-        if self._try_codec(MP4_CODEC, self.path):
-            return
-        fallback = os.path.splitext(self.path)[0] + '.avi'
-        logger.warning('%s: cannot open an mp4 writer (codec %s); writing %s with %s instead',
-                       self.path, MP4_CODEC, fallback, FALLBACK_CODEC)
-        if not self._try_codec(FALLBACK_CODEC, fallback):
-            raise VideoIOError(f'{self.path}: cannot open a video writer ({MP4_CODEC} .mp4 and '
-                               f'{FALLBACK_CODEC} .avi both failed); is the folder writable?')
+        size, target = even_size(self.size), self.path
+        avi = os.path.splitext(target)[0] + '.avi'
+        attempts = [
+            ('H.264 with PyAV', target, lambda t: _PyAVEncoder(t, self.fps, size)),
+            (f'{OPENCV_CODEC} with OpenCV', target, lambda t: _OpenCVEncoder(t, self.fps, size, OPENCV_CODEC)),
+            (f'{FALLBACK_CODEC} with OpenCV', avi, lambda t: _OpenCVEncoder(t, self.fps, size, FALLBACK_CODEC))]
+        failures: List[str] = []
+        for name, path, make in attempts:
+            reason = self._try(path, make)
+            if reason is None:
+                if failures:
+                    logger.warning('%s: cannot encode %s; writing %s as %s instead (browsers may not play it)',
+                                   target, '; '.join(failures), path, name)
+                return
+            failures.append(f'{name} ({reason})')
+        raise VideoIOError(f'{target}: cannot open a video writer: {"; ".join(failures)}; '
+                           f'is the folder writable?')
 
     def write(self, frame_rgb: np.ndarray) -> None:
         """Append one (H, W, 3) uint8 RGB frame."""
@@ -291,21 +372,30 @@ class VideoWriter:
         if frame.shape[:2] != self.size:
             raise ValueError(f'{self.path}: frame {self.frames_written} is {frame.shape[0]}x{frame.shape[1]} '
                              f'(HxW), the video is {self.size[0]}x{self.size[1]}')
-        if self._writer is None:
+        if self._encoder is None:
             self._open()
-        self._writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+        height, width = even_size(self.size)
+        frame = np.pad(frame, ((0, height - frame.shape[0]), (0, width - frame.shape[1]), (0, 0)), mode='edge')
+        try:
+            self._encoder.write(np.ascontiguousarray(frame))
+        except ENCODING_ERRORS as e:
+            raise VideoIOError(f'{self.path}: cannot write frame {self.frames_written} ({e})') from e
         self.frames_written += 1
 
     def close(self) -> None:
         """Finish the file and move it to its final name (with the umask's mode), once it reads
         back with every frame; otherwise (a full disk, a write error) drop it and raise
         VideoIOError."""
-        if self._writer is None:
+        if self._encoder is None:
             if self.frames_written == 0:
                 logger.warning('%s: no frames were written, no video created', self.path)
             return
-        self._writer.release()
-        self._writer = None
+        encoder, self._encoder = self._encoder, None
+        try:
+            encoder.close()
+        except ENCODING_ERRORS as e:
+            self.discard()
+            raise VideoIOError(f'{self.path}: cannot finish the video ({e})') from e
         readable = _frame_count(self._temporary)
         if readable < self.frames_written:
             self.discard()
@@ -318,9 +408,9 @@ class VideoWriter:
 
     def discard(self) -> None:
         """Drop the temporary file without creating the video."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        if self._encoder is not None:
+            self._encoder.release()
+            self._encoder = None
         if self._temporary is not None and os.path.exists(self._temporary):
             os.remove(self._temporary)
         self._temporary = None
