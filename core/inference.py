@@ -32,7 +32,7 @@ from core.segmenter import VideoSegmenter as CoreSegmenter
 from core.segmenter import network_size
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
 from core.results import VideoResults, write_zip
-from core.streaming import experiment_dir, new_segmenter, prepare_output_dir, segment_stream
+from core.streaming import SplitSpeed, experiment_dir, new_segmenter, prepare_output_dir, segment_stream
 from datasets.video import Video
 from models.object_manager import NoNewObject, ObjectManager
 from models.rmnet import RMNet
@@ -71,11 +71,13 @@ def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optio
     results_dir = 'Annotations' if dataset.startswith('YOUTUBE_VOS') else ''
     logger.info('Segmenting %d videos of %s %s into %s', len(videos), dataset, split, out_dir)
     members: List[str] = []
+    speed = SplitSpeed()
     bar = tqdm(videos, desc=f'{dataset} {split}', unit='video')
     for video in bar:
         start = time.perf_counter()
-        members += _write_results(segmenter, video, out_dir, results_dir, bool(cfg.TEST.VISUALIZE))
+        members += _write_results(segmenter, video, out_dir, results_dir, bool(cfg.TEST.VISUALIZE), speed)
         bar.set_postfix(video=video.name, fps=f'{len(video) / max(time.perf_counter() - start, 1e-9):.1f}')
+    logger.info('Segmented %s', speed.summary())
     zip_path = os.path.join(out_dir, f'{split}.zip')
     atomic_write(zip_path, lambda temporary: write_zip(temporary, out_dir, members))
     logger.info('Results in %s; submission archive %s (%d masks)', out_dir, zip_path, len(members))
@@ -83,13 +85,13 @@ def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optio
 
 
 def _write_results(segmenter: CoreSegmenter, video: Video, out_dir: str, results_dir: str,
-                   visualize: bool) -> List[str]:
+                   visualize: bool, speed: SplitSpeed) -> List[str]:
     """Write one video's masks; return their paths relative to out_dir."""
     overlay_video = (VideoWriter(os.path.join(out_dir, 'overlay', f'{video.name}.mp4'), FOLDER_FPS)
                      if visualize else None)
     with VideoResults(os.path.join(out_dir, results_dir, video.name), video.output_names,
                       output_frames(video), overlay_video=overlay_video) as results:
-        for t, (frame, ids) in enumerate(stream_video(segmenter, video)):
+        for t, (frame, ids) in enumerate(speed.timed(stream_video(segmenter, video))):
             results.write(t, frame, ids)
     return [os.path.relpath(path, out_dir) for path in results.mask_paths]
 

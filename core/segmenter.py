@@ -124,6 +124,7 @@ class VideoSegmenter:
         self.tflownet.to(self.device).eval()
         self.rmnet.to(self.device).eval()
         self.memorize_every = int(test.MEMORIZE_EVERY)
+        self.max_memory_frames = int(test.MAX_MEMORY_FRAMES)
         self.regional_read = bool(test.REGIONAL_READ)
         self.fast = self.regional_read and self.device.type == 'cuda'
         self.bf16 = self.precision == 'bf16' and self.device.type == 'cuda'
@@ -227,7 +228,8 @@ class VideoSegmenter:
 
         def recurrence(flow_net: Optional[TinyFlowNet]) -> FrameRecurrence:
             return FrameRecurrence(self.rmnet, [n_objects], self.memorize_every, self.regional_read,
-                                   fast=self.fast, expected_frames=expected_frames, flow_net=flow_net)
+                                   fast=self.fast, expected_frames=expected_frames, flow_net=flow_net,
+                                   max_memory_frames=self.max_memory_frames)
 
         branches = [ScaleBranch(scale, recurrence(self.tflownet), recurrence(None) if self.flip else None,
                                 net_size) for scale in self.scales]

@@ -4,6 +4,7 @@ import datetime
 import logging
 import os
 import tempfile
+import time
 from typing import Iterable, Iterator, Optional, Tuple
 
 import numpy as np
@@ -57,3 +58,37 @@ def segment_stream(segmenter: VideoSegmenter, frames: Iterable[np.ndarray],
 
     for ids in segmenter.segment(remember(), objects):
         yield consumed.popleft(), ids
+
+
+class SplitSpeed:
+    """Frames per second of a whole split: inside the videos (from each video's first mask to
+    its last, so without the per-video setup) and over the split (from the first video's start
+    to now, setup, reading and writing included; model loading excluded)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.frames = 0
+        self.inside_frames = 0
+        self.inside_seconds = 0.0
+
+    def timed(self, stream: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Pass a video's (frame, ids) stream through, timing it."""
+        first, n_frames = None, 0
+        for item in stream:
+            if first is None:
+                first = time.perf_counter()
+            n_frames += 1
+            yield item
+        self.frames += n_frames
+        if first is not None and n_frames > 1:
+            self.inside_frames += n_frames - 1
+            self.inside_seconds += time.perf_counter() - first
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def summary(self) -> str:
+        elapsed = max(self.elapsed(), 1e-9)
+        inside = self.inside_frames / max(self.inside_seconds, 1e-9)
+        return (f'{self.frames} frames: {inside:.1f} frames/s inside the videos, {self.frames / elapsed:.1f} '
+                f'frames/s over the split ({elapsed:.1f} s, per-video setup included)')

@@ -18,7 +18,7 @@ from core.results import VideoResults
 from core.scoring import ScoreJob, score_files
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
 from core.segmenter import VideoSegmenter
-from core.streaming import experiment_dir, new_segmenter, prepare_output_dir
+from core.streaming import SplitSpeed, experiment_dir, new_segmenter, prepare_output_dir
 from datasets.video import Video
 from utils.evaluate import format_table, scored_records, summarise, write_csvs
 from utils.output_safety import check_output_folder
@@ -29,9 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[str] = None,
-             out_dir: Optional[str] = None, short_side: Optional[int] = None) -> Dict[str, float]:
+             out_dir: Optional[str] = None, short_side: Optional[int] = None,
+             speed: Optional[SplitSpeed] = None) -> Dict[str, float]:
     """Segment every video of a split, score those with ground truth and return the global
-    numbers (utils.evaluate.GLOBAL_COLUMNS; empty when the split has no ground truth)."""
+    numbers (utils.evaluate.GLOBAL_COLUMNS; empty when the split has no ground truth).
+    speed: where the frame counts and times of the split go (logged at the end either way)."""
     dataset, split = resolve_split(cfg, dataset, split)
     shard = setup_distributed()
     all_videos = benchmark_videos(cfg, dataset, split)
@@ -43,14 +45,17 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
         logger.info('%s %s has no public ground truth: writing the masks only', dataset, split)
     logger.info('Testing %d of the %d videos of %s %s, writing to %s', len(videos), len(all_videos),
                 dataset, split, out_dir)
+    speed = speed or SplitSpeed()
+    speed.start = time.perf_counter()
     with ScoringPool(int(cfg.TEST.EVAL_WORKERS) if with_truth else 1) as scorer:
         bar = tqdm(videos, desc=f'{dataset} {split}', unit='video', disable=not shard.is_main)
         for video in bar:
-            fps = _segment_and_write(segmenter, video, out_dir, bool(cfg.TEST.VISUALIZE))
+            fps = _segment_and_write(segmenter, video, out_dir, bool(cfg.TEST.VISUALIZE), speed)
             bar.set_postfix(video=video.name, fps=f'{fps:.1f}')
             if video.ground_truth:
                 scorer.submit(score_files, _score_job(video, out_dir, bool(cfg.TEST.EXCLUDE_VOID)))
         records = [record for video_records in scorer.results() for record in video_records]
+    logger.info('Segmented and scored %s', speed.summary())
     order = {video.name: i for i, video in enumerate(all_videos)}
     records = sorted((r for part in gather_objects(shard, records) for r in part),
                      key=lambda r: (order[r.sequence], r.object_id))
@@ -66,13 +71,14 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     return summarise(records)
 
 
-def _segment_and_write(segmenter: VideoSegmenter, video: Video, out_dir: str, visualize: bool) -> float:
+def _segment_and_write(segmenter: VideoSegmenter, video: Video, out_dir: str, visualize: bool,
+                       speed: SplitSpeed) -> float:
     """Write the masks of the listed frames and of every ground-truth frame; return frames/s."""
     start = time.perf_counter()
     overlay_dir = os.path.join(out_dir, f'{video.name}_overlay') if visualize else None
     with VideoResults(os.path.join(out_dir, video.name), video.output_names,
                       set(output_frames(video)) | set(video.ground_truth), overlay_dir) as results:
-        for t, (frame, ids) in enumerate(stream_video(segmenter, video)):
+        for t, (frame, ids) in enumerate(speed.timed(stream_video(segmenter, video))):
             results.write(t, frame, ids)
     return results.n_frames / max(time.perf_counter() - start, 1e-9)
 

@@ -22,11 +22,12 @@ from models.memory_read import read_memory_dense, read_memory_regional
 
 
 class MemoryBank:
-    """Lists of frames; autograd-safe (training). `regional_read` False: the published dense
-    read; True: the regional read, the same result up to rounding."""
+    """Lists of frames with the published dense read; autograd-safe (training, the dense test
+    path). max_frames: 0 keeps every kept frame (published); N > 0 keeps the pinned frames and
+    the N most recent other kept frames (TEST.MAX_MEMORY_FRAMES)."""
 
-    def __init__(self, regional_read: bool):
-        self.regional_read = regional_read
+    def __init__(self, max_frames: int = 0):
+        self.max_frames = max_frames
         self.keys: List[torch.Tensor] = []
         self.values: List[torch.Tensor] = []
         self.regions: List[torch.Tensor] = []
@@ -45,6 +46,10 @@ class MemoryBank:
         self.values.append(value)
         self.regions.append(region)
         self.pinned.append(pinned)
+        if self.max_frames and self.pinned.count(False) > self.max_frames:
+            oldest = self.pinned.index(False)
+            for frames in (self.keys, self.values, self.regions, self.pinned):
+                del frames[oldest]
 
     def will_reallocate(self) -> bool:
         return False
@@ -55,8 +60,6 @@ class MemoryBank:
         keys = torch.stack(self.keys + [key], dim=2)
         values = torch.stack(self.values + [value], dim=2)
         regions = torch.stack(self.regions + [region], dim=1)
-        if self.regional_read:
-            return read_memory_regional(keys, values, regions, query_key, query_value, query_region)
         inside = regions[:, None]
         query_inside = query_region[:, None]
         return read_memory_dense(keys * inside, values * inside, query_key * query_inside,

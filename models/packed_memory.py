@@ -184,6 +184,17 @@ class PackedMemoryBank:
         if self.n_kept - self.n_pinned > self.max_frames:
             self.n_kept -= 1
 
+    def clear(self) -> None:
+        """Forget every frame but keep the buffers (and so a captured graph) for the next video."""
+        self.n_kept = 0
+        self.n_pinned = 0
+        if self.keys is None:
+            return
+        for counter in (self.latest_slot, self.n_recent, self.clock, self.kept_sum, self.kept_count,
+                        self.slot_count, self.slot_sum, self.slot_age):
+            counter.zero_()
+        self.n_read.fill_(1)
+
     def read(self, query_key: torch.Tensor, query_value: torch.Tensor,
              query_region: torch.Tensor) -> torch.Tensor:
         """The published dense read of the kept frames and the latest one, over the regions.

@@ -12,18 +12,21 @@ For every frame t >= 1, given frame t-1 and its estimate est[t-1]:
 est[t] = softmax of the logits.
 
 One loop serves training (`RMNet.forward`, batched, with gradients), the benchmark jobs, the
-video CLI and the Python API (core.segmenter). The memory bank (models.memory_bank) decides
-how the read runs: the published dense read, or the regional read that gives the same
-result up to rounding. With `fast` (CUDA) the memory lives in preallocated buffers and the
-whole of a step is replayed as a CUDA graph: no host synchronisation inside the loop.
+video CLI and the Python API (core.segmenter). The memory bank decides how the read runs:
+the published dense read over a list of frames (models.memory_bank, training), or the
+regional read over packed, preallocated memory that gives the same result up to rounding
+(models.packed_memory). With `fast` (CUDA) the whole of a step is replayed as a CUDA graph:
+no host synchronisation inside the loop. `max_memory_frames` (TEST.MAX_MEMORY_FRAMES) bounds
+the memory: frame 0, the frames where objects were given and the N most recent kept frames.
 """
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from models.memory_bank import MemoryBank, StaticMemoryBank
+from models.memory_bank import MemoryBank
 from models.object_manager import ObjectIndex, present_channels
+from models.packed_memory import PackedMemoryBank
 from utils.cuda_graph import GraphedStep
 
 # the logit of a probability clamped to 1e-7 and the range up to 1 - 1e-7 (published values)
@@ -43,7 +46,8 @@ class FrameRecurrence:
 
     def __init__(self, network: torch.nn.Module, counts: Sequence[int], memorize_every: int,
                  regional_read: bool = False, fast: bool = False,
-                 expected_frames: Optional[int] = None, flow_net: Optional[torch.nn.Module] = None):
+                 expected_frames: Optional[int] = None, flow_net: Optional[torch.nn.Module] = None,
+                 max_memory_frames: int = 0):
         if memorize_every < 1:
             raise ValueError(f'memorize_every must be >= 1, got {memorize_every}')
         self.network = network
@@ -53,6 +57,7 @@ class FrameRecurrence:
         self.regional_read = regional_read or fast
         self.fast = fast
         self.expected_kept = None if expected_frames is None else expected_frames // memorize_every + 2
+        self.max_memory_frames = max_memory_frames
 
     def start(self, frame: torch.Tensor, masks: torch.Tensor) -> None:
         """Frame 0 (B, 3, H, W) and its given masks (B, K, H, W), one-hot or probabilities.
@@ -68,7 +73,7 @@ class FrameRecurrence:
         self.prev_given = True              # objects were given in frame t - 1
         self.flow: Optional[torch.Tensor] = None
         if self.fast:
-            self.memory = StaticMemoryBank(self.expected_kept)
+            self.memory = self._new_memory()
             self.prev_frame, self.prev_probs = frame.clone(), masks.clone()
             self.frame_in = torch.empty_like(frame)
             self.flow_in: Optional[torch.Tensor] = None
@@ -76,8 +81,15 @@ class FrameRecurrence:
             self.new_flag = torch.zeros(1, dtype=torch.bool, device=frame.device)
             self.graphed = GraphedStep(self._graph_step, enabled=frame.is_cuda)
         else:
-            self.memory = MemoryBank(self.regional_read)
+            self.memory = self._new_memory()
             self.prev_frame, self.prev_probs = frame, masks
+
+    def _new_memory(self):
+        """The regional read over packed, preallocated memory (graph-safe), or the published
+        dense read over a list of frames (training: autograd)."""
+        if self.regional_read:
+            return PackedMemoryBank(self.expected_kept, self.max_memory_frames)
+        return MemoryBank(self.max_memory_frames)
 
     def _same_shapes(self, frame: torch.Tensor, masks: torch.Tensor) -> bool:
         previous = getattr(self, 'prev_frame', None)

@@ -16,7 +16,8 @@ import math
 import os
 import sys
 import time
-from typing import Dict, List
+import tempfile
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -29,47 +30,83 @@ from models.rmnet import RMNet  # noqa: E402
 from models.tiny_flownet import TinyFlowNet  # noqa: E402
 from utils.checkpoint import load_networks  # noqa: E402
 from utils.cli import UserError, run_command  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
 
 PATHS = {'dense-fp32': (False, 'fp32'), 'fast-fp32': (True, 'fp32'), 'fast-bf16': (True, 'bf16')}
 
 
+class SyntheticClip:
+    """A textured background panning to and fro and elliptical objects circling across it, of
+    any length: the motion repeats every `period` frames, which are drawn once and cached (a
+    10000-frame clip costs the host `period` frames). `first_mask` holds the ids of frame 0."""
+
+    def __init__(self, n_frames: int, n_objects: int, height: int, width: int, seed: int = 0,
+                 period: int = 240):
+        import cv2
+        self.n_frames, self.period = n_frames, min(period, n_frames)
+        rng = np.random.default_rng(seed)
+        coarse = rng.random((height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
+        self.background = cv2.resize(coarse, (width + 64, height + 64), interpolation=cv2.INTER_CUBIC)
+        self.colours = rng.integers(0, 255, (n_objects, 3))
+        self.centres = rng.random((n_objects, 2)) * [width * 0.4, height * 0.4] + [width * 0.3, height * 0.3]
+        self.radii = rng.random((n_objects, 2)) * [width * 0.15, height * 0.15] + [width * 0.05, height * 0.05]
+        self.axes = rng.random((n_objects, 2)) * [width * 0.08, height * 0.08] + [width * 0.04, height * 0.06]
+        self.size = (height, width)
+        self.cache: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+        self.first_mask = self.frame_and_ids(0)[1]
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def frame_and_ids(self, t: int) -> Tuple[np.ndarray, np.ndarray]:
+        t %= self.period
+        if t not in self.cache:
+            height, width = self.size
+            phase = 2 * math.pi * t / self.period
+            shift = int(32 + 20 * math.sin(phase))
+            frame = (np.clip(self.background[shift:shift + height, shift:shift + width], 0, 1) * 255).astype(np.uint8)
+            ids = np.zeros((height, width), dtype=np.uint8)
+            yy, xx = np.mgrid[:height, :width]
+            for k in range(len(self.colours)):
+                cx, cy = self.centres[k] + self.radii[k] * [math.cos(phase + k), math.sin(phase + k)]
+                inside = ((xx - cx) / self.axes[k, 0]) ** 2 + ((yy - cy) / self.axes[k, 1]) ** 2 <= 1
+                frame[inside] = self.colours[k]
+                ids[inside] = k + 1
+            self.cache[t] = (frame, ids)
+        return self.cache[t]
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        if not 0 <= t < self.n_frames:
+            raise IndexError(t)
+        return self.frame_and_ids(t)[0]
+
+    def head(self, n_frames: int) -> 'SyntheticClip':
+        clip = copy.copy(self)
+        clip.n_frames = min(n_frames, self.n_frames)
+        return clip
+
+
 def synthetic_clip(n_frames: int, n_objects: int, height: int, width: int, seed: int = 0):
-    """A textured background panning slowly and elliptical objects moving across it."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
-    import cv2
-    background = cv2.resize(coarse, (width + 64, height + 64), interpolation=cv2.INTER_CUBIC)
-    colours = rng.integers(0, 255, (n_objects, 3))
-    starts = rng.random((n_objects, 2)) * [width * 0.6, height * 0.6] + [width * 0.2, height * 0.2]
-    speeds = rng.normal(size=(n_objects, 2)) * 2
-    axes = rng.random((n_objects, 2)) * [width * 0.08, height * 0.08] + [width * 0.04, height * 0.06]
-    yy, xx = np.mgrid[:height, :width]
-    frames, first_mask = [], None
-    for t in range(n_frames):
-        shift = int(32 + 20 * math.sin(t / 15))
-        frame = (np.clip(background[shift:shift + height, shift:shift + width], 0, 1) * 255).astype(np.uint8)
-        ids = np.zeros((height, width), dtype=np.uint8)
-        for k in range(n_objects):
-            cx, cy = starts[k] + speeds[k] * t
-            cx, cy = cx % width, cy % height
-            inside = ((xx - cx) / axes[k, 0]) ** 2 + ((yy - cy) / axes[k, 1]) ** 2 <= 1
-            frame[inside] = colours[k]
-            ids[inside] = k + 1
-        frames.append(frame)
-        if t == 0:
-            first_mask = ids
-    return frames, first_mask
+    """(frames, first mask) of a SyntheticClip."""
+    clip = SyntheticClip(n_frames, n_objects, height, width, seed)
+    return clip, clip.first_mask
 
 
-def run_once(tflownet, rmnet, frames, first_mask, regional: bool, precision: str,
-             scales: List[float], flip: bool) -> Dict[str, float]:
+def path_cfg(path: str, scales: List[float], flip: bool, max_memory_frames: int):
+    """The config of one measured path."""
+    regional, precision = PATHS[path]
     cfg = copy.deepcopy(default_cfg)
     cfg.TEST.REGIONAL_READ = regional
     cfg.TEST.PRECISION = precision
     cfg.TEST.FRAME_SCALES = list(scales)
     cfg.TEST.FLIP_LR = flip
+    cfg.TEST.MAX_MEMORY_FRAMES = max_memory_frames
+    return cfg
+
+
+def run_once(tflownet, rmnet, frames, first_mask, cfg) -> Dict[str, float]:
     segmenter = VideoSegmenter(None, 'cuda', cfg=cfg, tflownet=tflownet, rmnet=rmnet)
-    for _ in segmenter.segment(frames[:6], first_mask):   # warm-up: kernels, autotuning, graphs
+    for _ in segmenter.segment(frames.head(6), first_mask):   # warm-up: kernels, autotuning, graphs
         pass
     torch.cuda.synchronize()
     gc.collect()                                          # graphs of earlier runs still referenced
@@ -77,13 +114,56 @@ def run_once(tflownet, rmnet, frames, first_mask, regional: bool, precision: str
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     start = time.perf_counter()
-    masks = [mask for mask in segmenter.segment(frames, first_mask)]
+    n_masks = sum(1 for _ in segmenter.segment(frames, first_mask))
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    assert len(masks) == len(frames)
+    assert n_masks == len(frames)
     return {'fps': len(frames) / elapsed,
             'peak_gib': torch.cuda.max_memory_allocated() / 2 ** 30,
             'peak_above_weights_gib': (torch.cuda.max_memory_allocated() - base) / 2 ** 30}
+
+
+def write_split(root: str, n_videos: int, n_frames: int, height: int, width: int) -> None:
+    """A DAVIS 2017 layout of synthetic videos (JPEG frames, palette ground truth) under root."""
+    from utils.io import write_image, write_palette_mask
+    names = [f'synthetic{i:03d}' for i in range(n_videos)]
+    for i, name in enumerate(names):
+        clip = SyntheticClip(n_frames, 2, height, width, seed=i)
+        for t in range(n_frames):
+            frame, ids = clip.frame_and_ids(t)
+            write_image(os.path.join(root, 'JPEGImages', '480p', name, f'{t:05d}.jpg'), frame)
+            write_palette_mask(os.path.join(root, 'Annotations', '480p', name, f'{t:05d}.png'), ids)
+    os.makedirs(os.path.join(root, 'ImageSets', '2017'), exist_ok=True)
+    with open(os.path.join(root, 'ImageSets', '2017', 'val.txt'), 'w') as f:
+        f.write('\n'.join(names) + '\n')
+
+
+def run_split(weights: str, root: str, out: str, cfg) -> Dict[str, float]:
+    """--test end to end on the split under root; frames/s inside the videos and over the split."""
+    from core.streaming import SplitSpeed
+    from core.test import test_net
+    cfg.DATASETS.DAVIS.ROOT = root
+    speed = SplitSpeed()
+    test_net(cfg, weights, dataset='DAVIS', split='val', out_dir=out, speed=speed)
+    return {'fps_inside_videos': speed.inside_frames / max(speed.inside_seconds, 1e-9),
+            'fps_over_split': speed.frames / max(speed.elapsed(), 1e-9), 'frames': speed.frames}
+
+
+def benchmark_split(args, tflownet, rmnet, results) -> None:
+    from utils.checkpoint import published_checkpoint, save_checkpoint
+    height, width = args.split_size
+    with tempfile.TemporaryDirectory() as folder:
+        write_split(os.path.join(folder, 'DAVIS'), args.split_videos, args.split_frames, height, width)
+        weights = os.path.join(folder, 'weights.pth')
+        save_checkpoint(weights, published_checkpoint(tflownet, rmnet))
+        print(f'split of {args.split_videos} videos x {args.split_frames} frames at {width}x{height}')
+        for path in args.paths:
+            cfg = path_cfg(path, args.scales, args.flip, args.max_memory_frames)
+            measured = run_split(weights, os.path.join(folder, 'DAVIS'), os.path.join(folder, f'out-{path}'), cfg)
+            results['runs'].append({'split_videos': args.split_videos, 'frames': args.split_frames,
+                                    'size': [height, width], 'path': path, **measured})
+            print(f'{path:>12}: {measured["fps_inside_videos"]:.1f} fps inside the videos, '
+                  f'{measured["fps_over_split"]:.1f} fps over the split', flush=True)
 
 
 def main(argv: List[str] = None) -> None:
@@ -100,10 +180,18 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument('--scales', type=float, nargs='+', default=list(default_cfg.TEST.FRAME_SCALES),
                         help='TEST.FRAME_SCALES (test-time augmentation)')
     parser.add_argument('--flip', action='store_true', help='TEST.FLIP_LR (test-time augmentation)')
+    parser.add_argument('--max-memory-frames', type=int, default=0,
+                        help='TEST.MAX_MEMORY_FRAMES (0: unbounded memory, as published)')
+    parser.add_argument('--split-videos', type=int, default=0,
+                        help='instead of clips: time --test end to end on a split of this many videos')
+    parser.add_argument('--split-frames', type=int, default=67, help='frames of each video of the split')
+    parser.add_argument('--split-size', type=int, nargs=2, default=[240, 427], metavar=('H', 'W'))
     parser.add_argument('--out', default='benchmark.json')
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise UserError('the benchmark needs a CUDA GPU (none is visible to PyTorch)')
+    if os.path.exists(args.out):
+        raise UserError(f'{args.out}: already exists; give another --out (results are never overwritten)')
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     tflownet, rmnet = TinyFlowNet(default_cfg), RMNet(default_cfg)
     if args.weights:
@@ -112,8 +200,18 @@ def main(argv: List[str] = None) -> None:
     rmnet.cuda().eval()
     results = {'device': torch.cuda.get_device_name(), 'torch': torch.__version__,
                'size': [args.height, args.width], 'weights': args.weights or 'random',
-               'scales': args.scales, 'flip': args.flip, 'runs': []}
-    print(f"{results['device']}, torch {torch.__version__}, {args.width}x{args.height}")
+               'scales': args.scales, 'flip': args.flip, 'max_memory_frames': args.max_memory_frames,
+               'runs': []}
+    print(f"{results['device']}, torch {torch.__version__}, {args.width}x{args.height}, "
+          f"TEST.MAX_MEMORY_FRAMES {args.max_memory_frames}")
+    if args.split_videos:
+        benchmark_split(args, tflownet, rmnet, results)
+    else:
+        benchmark_clips(args, tflownet, rmnet, results)
+    atomic_write(args.out, lambda temporary: _write_json(temporary, results))
+
+
+def benchmark_clips(args, tflownet, rmnet, results) -> None:
     print(f"{'frames':>6} {'objects':>7} " + ' '.join(f'{p + " fps":>15} {"GiB":>6}' for p in args.paths))
     for n_frames in args.frames:
         for n_objects in args.objects:
@@ -123,14 +221,16 @@ def main(argv: List[str] = None) -> None:
                 if path.startswith('dense') and n_frames > args.dense_max_frames:
                     row += f'{"-":>15} {"-":>6} '
                     continue
-                regional, precision = PATHS[path]
-                measured = run_once(tflownet, rmnet, frames, first_mask, regional, precision,
-                                    args.scales, args.flip)
+                cfg = path_cfg(path, args.scales, args.flip, args.max_memory_frames)
+                measured = run_once(tflownet, rmnet, frames, first_mask, cfg)
                 results['runs'].append({'frames': n_frames, 'objects': n_objects, 'path': path, **measured})
                 row += f'{measured["fps"]:>15.1f} {measured["peak_gib"]:>6.2f} '
             print(row, flush=True)
-    with open(args.out, 'w') as f:
-        json.dump(results, f, indent=1)
+
+
+def _write_json(path: str, content) -> None:
+    with open(path, 'w') as f:
+        json.dump(content, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -26,18 +26,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import cfg as default_cfg  # noqa: E402
 from tools.benchmark import synthetic_clip  # noqa: E402
 
-# (label, 'module:Class.method' or 'module:function'); missing targets are skipped
+# (label, 'module:Class.method' or 'module:function')
 STAGES: List[Tuple[str, str]] = [
     ('flow', 'models.tiny_flownet:TinyFlowNet.step'),
     ('memorise', 'models.rmnet:RMNet.memorize'),
-    ('memory write', 'models.memory_bank:StaticMemoryBank.write_latest'),
-    ('memory write', 'core.memory_bank:StaticMemoryBank.write_latest'),
     ('memory write', 'models.packed_memory:PackedMemoryBank.write_latest'),
     ('query region', 'models.rmnet:RMNet.query_region'),
     ('query encoder', 'models.rmnet:RMNet.encode_query'),
-    ('memory read', 'models.memory_bank:StaticMemoryBank.read'),
     ('memory read', 'models.packed_memory:PackedMemoryBank.read'),
-    ('memory read', 'core.inference_core:read_memory_regional'),
     ('decode', 'models.rmnet:RMNet.decode'),
     ('aggregate', 'models.rmnet:RMNet.aggregate'),
 ]
@@ -103,7 +99,7 @@ def profile_clip(tflownet, rmnet, n_frames: int, n_objects: int, precision: str,
     cfg.TEST.PRECISION = precision
     frames, first_mask = synthetic_clip(n_frames, n_objects, *size)
     segmenter = VideoSegmenter(None, device, cfg=cfg, tflownet=tflownet, rmnet=rmnet)
-    for _ in segmenter.segment(frames[:6], first_mask):   # warm-up: kernels, autotuning, graphs
+    for _ in segmenter.segment(frames.head(6), first_mask):   # warm-up: kernels, autotuning, graphs
         pass
     segmenter = VideoSegmenter(None, device, cfg=cfg, tflownet=tflownet, rmnet=rmnet)
     stream = segmenter.segment(frames, first_mask)
