@@ -54,6 +54,12 @@ class ScaleBranch:
         self.mirrored = mirrored
         self.size = size
 
+    def expect(self, expected_frames: Optional[int]) -> None:
+        """The length of the next video, when known (sizes its memory once)."""
+        for recurrence in (self.recurrence, self.mirrored):
+            if recurrence is not None:
+                recurrence.expect(expected_frames)
+
     def start(self, frame: torch.Tensor, masks: torch.Tensor) -> List[torch.Tensor]:
         """Frame 0 (1, 3, h, w) at network size and its one-hot masks: the variants' frame-0
         probabilities, at network size."""

@@ -224,6 +224,8 @@ class VideoSegmenter:
         and objects were the same (on the fast path their buffers and graphs are reused)."""
         key = (n_objects, n_channels, tuple(net_size))
         if self.branches[0] == key:
+            for branch in self.branches[1]:
+                branch.expect(expected_frames)
             return self.branches[1]
 
         def recurrence(flow_net: Optional[TinyFlowNet]) -> FrameRecurrence:

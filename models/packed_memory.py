@@ -184,10 +184,17 @@ class PackedMemoryBank:
         if self.n_kept - self.n_pinned > self.max_frames:
             self.n_kept -= 1
 
-    def clear(self) -> None:
-        """Forget every frame but keep the buffers (and so a captured graph) for the next video."""
+    def clear(self, expected_frames: Optional[int] = None) -> None:
+        """Forget every frame but keep the buffers (and so a captured graph) for the next video;
+        buffers smaller than `expected_frames` are dropped, to be allocated once at that size."""
         self.n_kept = 0
         self.n_pinned = 0
+        if expected_frames:
+            self.capacity_hint = max(2, expected_frames)
+            if self.max_frames:
+                self.capacity_hint = min(self.capacity_hint, self.max_frames + 2)
+            if self.capacity < self.capacity_hint:
+                self.keys = None
         if self.keys is None:
             return
         for counter in (self.latest_slot, self.n_recent, self.clock, self.kept_sum, self.kept_count,

@@ -49,7 +49,7 @@ _INTERPRETED_CONFIG = (32, 32, 32, 4, 1)      # the CPU interpreter: small tiles
 _COMBINE_BLOCKS = (64, 128, 8)          # BLOCK_Q, BLOCK_V, warps
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['n_slots', 'n_splits', 'mk_sn', 'mk_ss', 'mv_sn', 'mv_ss'])
 def _partial_read_kernel(mk_ptr, mv_ptr, count_ptr, n_read_ptr, qk_ptr, qcount_ptr, outside_ptr,
                          part_m_ptr, part_l_ptr, part_acc_ptr, n_slots, n_positions, key_dim,
                          value_dim, n_splits, scale, mk_sn, mk_ss, mk_sp, mv_sn, mv_ss, mv_sp,
@@ -129,7 +129,7 @@ def _partial_read_tile(mk_ptr, mv_ptr, count_ptr, n_read_ptr, qk_ptr, outside_pt
              mask=q_valid[:, None] & v_valid[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['n_objects', 'n_splits'])
 def _combine_kernel(part_m_ptr, part_l_ptr, part_acc_ptr, qcount_ptr, order_ptr, out_ptr,
                     n_objects, n_positions, value_dim, n_splits, order_sn, out_sn, out_sc,
                     BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr):

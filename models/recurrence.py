@@ -56,8 +56,12 @@ class FrameRecurrence:
         self.memorize_every = memorize_every
         self.regional_read = regional_read or fast
         self.fast = fast
-        self.expected_kept = None if expected_frames is None else expected_frames // memorize_every + 2
         self.max_memory_frames = max_memory_frames
+        self.expect(expected_frames)
+
+    def expect(self, expected_frames: Optional[int]) -> None:
+        """The length of the next video, when known: its memory is sized once, at the start."""
+        self.expected_kept = None if expected_frames is None else expected_frames // self.memorize_every + 2
 
     def start(self, frame: torch.Tensor, masks: torch.Tensor) -> None:
         """Frame 0 (B, 3, H, W) and its given masks (B, K, H, W), one-hot or probabilities.
@@ -98,7 +102,7 @@ class FrameRecurrence:
 
     def _restart(self, frame: torch.Tensor, masks: torch.Tensor) -> None:
         """start() in place: the captured step keeps reading and writing the same tensors."""
-        self.memory.clear()
+        self.memory.clear(self.expected_kept)
         self.existing.copy_(present_channels(masks))
         self.prev_frame.copy_(frame)
         self.prev_probs.copy_(masks)

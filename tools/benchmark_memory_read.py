@@ -1,4 +1,4 @@
-"""The memory read alone: today's regional kernel over StaticMemoryBank vs PackedMemoryBank.
+"""The memory read alone: the published dense read (MemoryBank) vs the regional read (PackedMemoryBank).
 
     python tools/benchmark_memory_read.py --out memory_read.json
     python tools/benchmark_memory_read.py --sweep --out memory_read_sweep.json   (+ tile sizes)
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.memory_bank import StaticMemoryBank  # noqa: E402
+from models.memory_bank import MemoryBank  # noqa: E402
 from models.packed_memory import PackedMemoryBank, pack_order, pack_positions  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 
@@ -45,18 +45,18 @@ def box_region(n: int, height: int, width: int, fraction: float, shift: int, dev
 def filled_banks(kept: int, n: int, height: int, width: int, fraction: float, dtype, device):
     """Both banks after `kept` kept frames and the latest one, and the in-region counts."""
     g = torch.Generator(device=device).manual_seed(kept)
-    static, packed = StaticMemoryBank(kept + 1), PackedMemoryBank(kept + 1)
+    dense, packed = MemoryBank(), PackedMemoryBank(kept + 1)
     memory_positions = torch.zeros(n, device=device)
     for t in range(kept + 1):
         key = (torch.randn(n, KEY_DIM, height, width, generator=g, device=device) * 0.15).to(dtype)
         value = torch.randn(n, VALUE_DIM, height, width, generator=g, device=device).to(dtype)
         region = box_region(n, height, width, fraction, t % 7, device)
         memory_positions += region.flatten(1).sum(dim=1)
-        for bank in (static, packed):
+        for bank in (dense, packed):
             bank.write_latest(key, value, region)
             if t < kept:
                 bank.keep()
-    return static, packed, memory_positions
+    return dense, packed, memory_positions
 
 
 def timed(read: Callable[[], torch.Tensor], repeats: int, graph: bool) -> Tuple[float, torch.Tensor]:
@@ -88,7 +88,7 @@ def timed(read: Callable[[], torch.Tensor], repeats: int, graph: bool) -> Tuple[
 def measure(kept: int, dtype_name: str, args, device) -> Tuple[List[Dict], List[Dict]]:
     dtype = DTYPES[dtype_name]
     n, height, width = args.objects, args.height, args.width
-    static, packed, memory_positions = filled_banks(kept, n, height, width, args.box, dtype, device)
+    dense, packed, memory_positions = filled_banks(kept, n, height, width, args.box, dtype, device)
     g = torch.Generator(device=device).manual_seed(12345)
     query_key = (torch.randn(n, KEY_DIM, height, width, generator=g, device=device) * 0.15).to(dtype)
     query_value = torch.randn(n, VALUE_DIM, height, width, generator=g, device=device).to(dtype)
@@ -98,26 +98,26 @@ def measure(kept: int, dtype_name: str, args, device) -> Tuple[List[Dict], List[
     useful_bytes = float(memory_positions.sum()) * (KEY_DIM + VALUE_DIM) * element
     useful_flops = 2.0 * float((memory_positions * query_positions).sum()) * (KEY_DIM + VALUE_DIM)
 
-    def read_static():
-        return static.read(query_key, query_value, query_region)
+    def read_dense():
+        return dense.read(query_key, query_value, query_region)
 
     def read_packed():
         return packed.read(query_key, query_value, query_region)
 
     graph = not args.eager
     runs, outputs = [], {}
-    for path, read in (('static', read_static), ('packed', read_packed)):
+    for path, read in (('dense', read_dense), ('packed', read_packed)):
         ms, outputs[path] = timed(read, args.repeats, graph)
         runs.append({'kept': kept, 'dtype': dtype_name, 'path': path, 'ms': ms,
                      'gb_per_s': useful_bytes / ms / 1e6, 'tflop_per_s': useful_flops / ms / 1e9})
-    difference = float((outputs['static'].float() - outputs['packed'].float()).abs().max())
+    difference = float((outputs['dense'].float() - outputs['packed'].float()).abs().max())
     for run in runs:
         run['max_diff'] = difference
     sweep = []
     if args.sweep and device.type == 'cuda':
         sweep = sweep_configs(packed, query_key, query_region, kept, dtype_name, args.repeats, graph,
                               useful_bytes, useful_flops)
-    del static, packed, outputs
+    del dense, packed, outputs
     return runs, sweep
 
 
@@ -175,16 +175,16 @@ def main(argv: List[str] = None) -> int:
                'runs': [], 'sweep': []}
     print(f'{name}, torch {torch.__version__}, {args.objects} objects, {args.height}x{args.width} positions, '
           f'boxes {args.box:.2f} of each side, {results["timing"]}')
-    print(f'{"kept":>5} {"dtype":>5} {"static ms":>10} {"packed ms":>10} {"speed-up":>8} '
+    print(f'{"kept":>5} {"dtype":>5} {"dense ms":>10} {"packed ms":>10} {"speed-up":>8} '
           f'{"packed GB/s":>11} {"TFLOP/s":>8} {"max diff":>9}')
     for dtype_name in args.dtypes:
         for kept in args.kept:
             runs, sweep = measure(kept, dtype_name, args, device)
             results['runs'] += runs
             results['sweep'] += sweep
-            static, packed = runs
-            print(f'{kept:>5} {dtype_name:>5} {static["ms"]:>10.3f} {packed["ms"]:>10.3f} '
-                  f'{static["ms"] / packed["ms"]:>8.1f} {packed["gb_per_s"]:>11.1f} '
+            dense, packed = runs
+            print(f'{kept:>5} {dtype_name:>5} {dense["ms"]:>10.3f} {packed["ms"]:>10.3f} '
+                  f'{dense["ms"] / packed["ms"]:>8.1f} {packed["gb_per_s"]:>11.1f} '
                   f'{packed["tflop_per_s"]:>8.2f} {packed["max_diff"]:>9.2e}', flush=True)
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
