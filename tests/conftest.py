@@ -28,7 +28,8 @@ with Image.open(os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', 'bear', '00000.j
 PUBLISHED = os.path.join(SHARED, 'fixtures', 'published_outputs')
 LAYOUT = os.path.join(SHARED, 'fixtures', 'published_checkpoint_layout.json')
 
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+# the cores, shared among pytest-xdist workers when there are several
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))))
 
 
 def require_shared(path: str) -> str:
