@@ -23,6 +23,7 @@ from utils.checkpoint import published_checkpoint, save_checkpoint  # noqa: E402
 
 SHARED = os.environ.get('RMNET_SHARED', os.path.join(os.path.dirname(ROOT), 'shared'))
 DAVIS_TRAIN = os.path.join(ROOT, 'tests', 'data', 'davis2016-train')
+SHARED_DAVIS_TRAIN = os.path.join(SHARED, 'data', 'davis2016-train')   # the full 854x480 set
 with Image.open(os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', 'bear', '00000.jpg')) as _first:
     DAVIS_TRAIN_HW = (_first.height, _first.width)     # (H, W) of every bundled frame
 PUBLISHED = os.path.join(SHARED, 'fixtures', 'published_outputs')
