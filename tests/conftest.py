@@ -24,12 +24,14 @@ from utils.checkpoint import published_checkpoint, save_checkpoint  # noqa: E402
 
 SHARED = os.environ.get('RMNET_SHARED', os.path.join(os.path.dirname(ROOT), 'shared'))
 DAVIS_TRAIN = os.path.join(ROOT, 'tests', 'data', 'davis2016-train')
+SHARED_DAVIS_TRAIN = os.path.join(SHARED, 'data', 'davis2016-train')   # the full 854x480 set
 with Image.open(os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', 'bear', '00000.jpg')) as _first:
     DAVIS_TRAIN_HW = (_first.height, _first.width)     # (H, W) of every bundled frame
 PUBLISHED = os.path.join(SHARED, 'fixtures', 'published_outputs')
 LAYOUT = os.path.join(SHARED, 'fixtures', 'published_checkpoint_layout.json')
 
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+# the cores, shared among pytest-xdist workers when there are several
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))))
 
 
 def require_shared(path: str) -> str:

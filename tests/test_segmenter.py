@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from config import cfg as default_cfg
-from conftest import DAVIS_TRAIN, PUBLISHED, require_shared
+from conftest import PUBLISHED, SHARED_DAVIS_TRAIN, require_shared
 from core.segmenter import SegmentationError, VideoSegmenter, network_size
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
@@ -155,9 +155,9 @@ def real_clips(n_frames=20):
     """Two DAVIS sequences with one object each, halved to 427x240."""
     clips = []
     for name in ('bear', 'car-turn'):
-        folder = os.path.join(DAVIS_TRAIN, 'JPEGImages', '480p', name)
+        folder = os.path.join(require_shared(SHARED_DAVIS_TRAIN), 'JPEGImages', '480p', name)
         frames = [read_frame(p)[::2, ::2].copy() for p in sorted(glob.glob(f'{folder}/*.jpg'))[:n_frames]]
-        mask = read_mask(os.path.join(DAVIS_TRAIN, 'Annotations', '480p', name, '00000.png'))[::2, ::2]
+        mask = read_mask(os.path.join(SHARED_DAVIS_TRAIN, 'Annotations', '480p', name, '00000.png'))[::2, ::2]
         clips.append((frames, (mask > 0).astype(np.uint8)))
     return clips
 
