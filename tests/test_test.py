@@ -103,7 +103,8 @@ def test_errors_name_the_sequence_and_its_mask_file(tmp_path, clips, synth_check
     assert 'Traceback' not in error
     first = os.path.join(root, 'Annotations', '480p', 'bear', '00000.png')
     message = error[error.index('error: '):]
-    assert message.startswith('error: bear: the first mask has no object') and first in message
+    assert message.startswith(f'error: bear: {first}: the first mask has no object')
+    assert message.count('\n') == 1
 
 
 def test_short_sequences_are_left_out_of_the_scores(tmp_path, clips, synth_checkpoint, caplog):
