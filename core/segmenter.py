@@ -21,7 +21,7 @@ dense read.
 import contextlib
 import copy
 import logging
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -245,7 +245,7 @@ class VideoSegmenter:
         n_channels = len(objects) + 1 if self.fast else objects.max_objects + 1
         lookup = torch.from_numpy(objects.channel_lookup()).to(self.device)
         channel_ids = torch.from_numpy(objects.channel_ids(n_channels)).to(self.device)
-        expected = len(frames) if isinstance(frames, Sequence) or hasattr(frames, '__len__') else None
+        expected = len(frames) if hasattr(frames, '__len__') else None
         frame_input, branches = None, []
         self.segmenting = True
         try:

@@ -56,8 +56,24 @@ def segment_stream(segmenter: VideoSegmenter, frames: Iterable[np.ndarray],
             consumed.append(frame)
             yield frame
 
-    for ids in segmenter.segment(remember(), objects):
+    stream = remember()
+    if hasattr(frames, '__len__'):      # the length sizes the memory once, at the start
+        stream = _Sized(stream, len(frames))
+    for ids in segmenter.segment(stream, objects):
         yield consumed.popleft(), ids
+
+
+class _Sized:
+    """An iterator that knows how many items it will give."""
+
+    def __init__(self, items: Iterator[np.ndarray], length: int) -> None:
+        self.items, self.length = items, length
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.items
+
+    def __len__(self) -> int:
+        return self.length
 
 
 class SplitSpeed:

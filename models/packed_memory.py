@@ -193,8 +193,8 @@ class PackedMemoryBank:
             self.capacity_hint = max(2, expected_frames)
             if self.max_frames:
                 self.capacity_hint = min(self.capacity_hint, self.max_frames + 2)
-            if self.capacity < self.capacity_hint:
-                self.keys = None
+            if self.capacity < self.capacity_hint:     # free the small buffers before allocating
+                self.keys = self.values = self.slot_count = self.slot_sum = self.slot_age = None
         if self.keys is None:
             return
         for counter in (self.latest_slot, self.n_recent, self.clock, self.kept_sum, self.kept_count,

@@ -73,6 +73,7 @@ class FrameRecurrence:
         self.n_channels = masks.shape[1]
         self.in_use = self.objects.channel_in_use(self.n_channels)
         self.existing = present_channels(masks)
+        self.existing[:, 0] = True          # the background is never an absent object
         self.prev_index = 0                 # t - 1
         self.prev_given = True              # objects were given in frame t - 1
         self.flow: Optional[torch.Tensor] = None
@@ -104,6 +105,7 @@ class FrameRecurrence:
         """start() in place: the captured step keeps reading and writing the same tensors."""
         self.memory.clear(self.expected_kept)
         self.existing.copy_(present_channels(masks))
+        self.existing[:, 0] = True
         self.prev_frame.copy_(frame)
         self.prev_probs.copy_(masks)
         self.prev_index, self.prev_given, self.flow = 0, True, None

@@ -154,3 +154,16 @@ def test_a_second_video_reuses_the_fast_buffers_and_gives_a_fresh_result(network
     assert kept == expected_kept
     for a, b in zip(outputs, expected):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@torch.no_grad()
+def test_background_is_not_an_absent_object_when_frame_0_has_none(network):
+    """An object covering all of frame 0: the background is still aggregated, not clamped to
+    the absent logit, in the later frames."""
+    frames, _, flow = clip(3)
+    masks = torch.zeros(1, 4, 32, 48)
+    masks[:, 1] = 1
+    core = FrameRecurrence(network, [1], memorize_every=5)
+    outputs, _, _ = run(core, frames, masks, flow)
+    absent = torch.softmax(torch.tensor([ABSENT_LOGIT, 0.0]), dim=0)[0]
+    assert (outputs[-1][:, 0] > 10 * absent).any()
