@@ -133,7 +133,7 @@ def configure(args: argparse.Namespace) -> None:
         cfg.TEST.PRECISION = args.precision
     if args.visualize:
         cfg.TEST.VISUALIZE = True
-    if args.test or args.inference:
+    if args.test or args.inference or args.video is not None:
         check_test_options(cfg)
     if not args.rand:
         import numpy as np

@@ -202,3 +202,15 @@ def test_a_fifo_mask_is_refused(tmp_path, no_hang):
     os.mkfifo(tmp_path / 'pipe.png')
     with pytest.raises(MaskError, match='pipe.png: mask file is not a regular file'):
         read_first_mask(str(tmp_path / 'pipe.png'))
+
+
+def test_a_later_binary_mask_never_takes_the_void_id(tmp_path):
+    first = np.zeros(SIZE, np.uint8)
+    first[10:40, 10:40] = 254
+    later = np.zeros(SIZE, np.uint8)
+    later[70:100, 100:140] = 255
+    write_palette_mask(str(tmp_path / 'a.png'), first)
+    cv2.imwrite(str(tmp_path / 'b.png'), later)
+    given = read_given_masks([str(tmp_path / 'a.png'), f'5:{tmp_path / "b.png"}'], size=SIZE)
+    assert given.labels == (254, 1)
+    assert set(np.unique(given.masks[5])) == {0, 1}

@@ -349,3 +349,11 @@ def test_full_disk_while_writing_the_overlay(tmp_path, video, mask, synth_checkp
     assert 'overlay.mp4' in message and 'masks of frames 0..3 are kept' in message
     assert sorted(os.listdir(out)) == ['masks']
     assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png', '00002.png', '00003.png']
+
+
+@pytest.mark.parametrize('setting, value', [('TEST.MEMORIZE_EVERY', '0'), ('TEST.VIDEO_SHORT_SIDE', '8'),
+                                            ('TEST.MAX_MEMORY_FRAMES', '-1')])
+def test_own_video_refuses_bad_test_options(tmp_path, video, mask, setting, value, capsys):
+    out = tmp_path / 'out'
+    expect_error(capsys, own_video(video, mask, 'w.pth', str(out), '--set', setting, value), setting)
+    assert not out.exists()

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from config import cfg as default_cfg  # noqa: E402
 from core.train import TrainingStep, build_networks, freeze_batch_norm, use_channels_last  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
 
 N_FRAMES, N_OBJECTS, MAX_OBJECTS = 3, 2, 3
 PRECISIONS = ('fp32', 'bf16')
@@ -325,12 +326,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.profile or args.profile_ops or args.sync_report:
         for run in results['runs']:
             print_profile(run)
-    partial = f'{args.out}.partial'
-    with open(partial, 'w') as f:
-        json.dump(results, f, indent=1)
-    os.replace(partial, args.out)
+    atomic_write(args.out, lambda temporary: _write_json(temporary, results))
     print(f'wrote {args.out}')
     return 0
+
+
+def _write_json(path: str, content: Dict[str, Any]) -> None:
+    with open(path, 'w') as f:
+        json.dump(content, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -112,6 +112,9 @@ def check_test_options(cfg: edict) -> None:
                           f'got {test.MEMORIZE_EVERY}')
     if test.N_MAX_OBJECTS < 1:
         raise ConfigError(f'TEST.N_MAX_OBJECTS must be at least 1, got {test.N_MAX_OBJECTS}')
+    if test.VIDEO_SHORT_SIDE != 0 and test.VIDEO_SHORT_SIDE < 32:
+        raise ConfigError(f'TEST.VIDEO_SHORT_SIDE must be 0 (the input size) or at least 32 pixels, '
+                          f'got {test.VIDEO_SHORT_SIDE}')
     if test.MAX_MEMORY_FRAMES < 0:
         raise ConfigError(f'TEST.MAX_MEMORY_FRAMES must be 0 (keep every memorised frame) or the number '
                           f'of recent memorised frames to keep, got {test.MAX_MEMORY_FRAMES}')

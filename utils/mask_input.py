@@ -264,7 +264,12 @@ def read_given_masks(specs: Sequence[Union[str, Tuple[int, str]]], size: Optiona
         lookup = np.zeros(len(file_objects) + 1, np.int32)
         for index, obj in enumerate(file_objects, 1):
             if obj.key == BINARY and objects:
-                label = max(obj.label if obj.label is not None else k for k, obj in enumerate(objects, 1)) + 1
+                taken = {known.label if known.label is not None else k for k, known in enumerate(objects, 1)}
+                free = [label for label in range(1, VOID_ID) if label not in taken]
+                if not free:
+                    raise MaskError(f'{path}: no object id is left for this binary mask (ids 1..{VOID_ID - 1} '
+                                    f'are taken; {VOID_ID} is void)')
+                label = max(taken) + 1 if max(taken) + 1 < VOID_ID else free[0]
                 obj = _Object((BINARY, frame), label, tuple(PALETTE[label % len(PALETTE)].tolist()))
             if obj.key not in keys:
                 keys[obj.key] = len(objects) + 1

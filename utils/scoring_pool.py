@@ -34,9 +34,6 @@ class ScoringPool(Generic[Result]):
     def submit(self, score: Callable[[Any], Result], job: Any) -> None:
         self._results.append(self._pool.submit(score, job) if self._pool else score(job))
 
-    def __len__(self) -> int:
-        return len(self._results)
-
     def results(self) -> Iterator[Result]:
         """Every result in submission order, waiting for the workers (their errors are raised here)."""
         for result in self._results:
