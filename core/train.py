@@ -282,9 +282,10 @@ def training_loader(cfg, dataset: torch.utils.data.Dataset, sampler: EpochSample
                                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
 
 
-def use_channels_last(cfg, module: torch.nn.Module) -> None:
-    """TRAIN.CHANNELS_LAST: the network's weights (and so its activations) in NHWC layout."""
-    if cfg.TRAIN.CHANNELS_LAST:
+def use_channels_last(cfg, module: torch.nn.Module, device: torch.device) -> None:
+    """TRAIN.CHANNELS_LAST on a GPU: the network's weights (and so its activations) in NHWC
+    layout, which cuDNN's tensor-core kernels take without transposing."""
+    if cfg.TRAIN.CHANNELS_LAST and device.type == 'cuda':
         module.to(memory_format=torch.channels_last)
 
 
@@ -312,7 +313,7 @@ class Trainer:
         self.tflownet.to(self.dist.device)
         self.rmnet.to(self.dist.device)
         self.trained = self.rmnet if self.network_name == 'RMNet' else self.tflownet
-        use_channels_last(cfg, self.trained)
+        use_channels_last(cfg, self.trained, self.dist.device)
         if self.dist.device.type == 'cuda':
             torch.backends.cudnn.benchmark = cfg.TRAIN.CUDNN_BENCHMARK
         if cfg.TRAIN.SYNC_BN and self.dist.world_size > 1:

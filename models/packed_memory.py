@@ -202,6 +202,15 @@ class PackedMemoryBank:
             counter.zero_()
         self.n_read.fill_(1)
 
+    def region_fraction(self) -> float:
+        """The mean share of a frame's positions inside its region, over the frames read now
+        (what the read's cost scales with; 1.0: every box covers the whole frame). Waits for
+        the GPU: for reports, not for the loop."""
+        if self.keys is None:
+            return 0.0
+        n_read = int(self.n_read)
+        return float(self.slot_count[:, :n_read].double().mean()) / self.keys.shape[2]
+
     def read(self, query_key: torch.Tensor, query_value: torch.Tensor,
              query_region: torch.Tensor) -> torch.Tensor:
         """The published dense read of the kept frames and the latest one, over the regions.

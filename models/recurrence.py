@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from models.memory_bank import MemoryBank
 from models.object_manager import ObjectIndex, present_channels
 from models.packed_memory import PackedMemoryBank
+from models.query_encoding import QueryEncoding
 from utils.cuda_graph import GraphedStep
 
 # the logit of a probability clamped to 1e-7 and the range up to 1 - 1e-7 (published values)
@@ -111,20 +112,24 @@ class FrameRecurrence:
         self.prev_index, self.prev_given, self.flow = 0, True, None
 
     def step(self, frame: torch.Tensor, flow: Optional[torch.Tensor] = None,
-             new_masks: Optional[torch.Tensor] = None) -> torch.Tensor:
+             new_masks: Optional[torch.Tensor] = None, query: Optional[QueryEncoding] = None) -> torch.Tensor:
         """Segment the next frame (B, 3, H, W). `flow` (B, 2, H, W): its flow, None to compute
         it with the flow network (it is then in `self.flow`). `new_masks` (B, K, H, W): the
-        given masks of this frame when objects appear in it. Returns probabilities
+        given masks of this frame when objects appear in it. `query`: the frame's
+        RMNet.encode_query, when the caller encoded its frames together (not on the fast
+        path, whose step is captured whole). Returns probabilities
         (B, K, H, W); on the fast path they live in a buffer that the next step overwrites."""
         if flow is None and self.flow_net is None:
             raise ValueError('no flow given and no flow network to compute it')
+        if query is not None and self.fast:
+            raise ValueError('the fast path encodes the query inside its captured step')
         if len(self.objects) == 0:
             probs = self._background_only(frame)
         elif self.fast:
             probs = self._fast_step(frame, flow, new_masks)
         else:
             probs, self.flow = self._frame_t(self.prev_frame, self.prev_probs, frame, flow,
-                                             new_masks, None)
+                                             new_masks, None, query)
             self.prev_frame, self.prev_probs = frame, probs
         if self.prev_index % self.memorize_every == 0 or self.prev_given:
             if len(self.objects):
@@ -135,7 +140,8 @@ class FrameRecurrence:
 
     def _frame_t(self, prev_frame: torch.Tensor, prev_probs: torch.Tensor, frame: torch.Tensor,
                  flow: Optional[torch.Tensor], new_masks: Optional[torch.Tensor],
-                 new_flag: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+                 new_flag: Optional[torch.Tensor],
+                 query: Optional[QueryEncoding] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Frame t from frame t-1 and its estimate: (est[t], the flow of frame t)."""
         network, objects = self.network, self.objects
         if flow is None:
@@ -143,10 +149,11 @@ class FrameRecurrence:
         key, value, region = network.memorize(prev_frame, prev_probs, objects)
         self.memory.write_latest(key, value, region)
         query_region = network.query_region(prev_probs, flow, objects)
-        query_key, query_value, r3, r2, pad = network.encode_query(frame)
-        read = self.memory.read(query_key[objects.batch], query_value[objects.batch], query_region)
-        fg_probs = network.decode(read, r3, r2, objects)
-        logits = network.aggregate(fg_probs, objects, self.n_channels, pad)
+        if query is None:
+            query = network.encode_query(frame)
+        read = self.memory.read(query.key[objects.batch], query.value[objects.batch], query_region)
+        fg_probs = network.decode(read, query, objects)
+        logits = network.aggregate(fg_probs, objects, self.n_channels, query.pad)
         logits = self._objects_present(logits, new_masks, new_flag)
         return F.softmax(logits, dim=1), flow
 

@@ -13,6 +13,7 @@ import torchvision
 
 from extensions.reg_att_map_generator import regional_attention_map
 from models.object_manager import ObjectIndex
+from models.query_encoding import QueryEncoding
 from models.recurrence import FrameRecurrence
 from utils.padding import Padding, pad_divide_by, unpad
 
@@ -207,19 +208,20 @@ class RMNet(torch.nn.Module):
         (region,), _ = pad_divide_by([region], FEATURE_STRIDE)
         return downsample_region(region)[objects.batch, objects.channel]
 
-    def encode_query(self, frame: torch.Tensor):
-        """(B, 3, H, W) -> key (B, 128, h, w), value (B, 512, h, w), r3, r2 and the padding."""
+    def encode_query(self, frame: torch.Tensor) -> QueryEncoding:
+        """(B, 3, H, W) -> the query's key and value and the decoder's skip features, computed
+        once per frame and shared by its objects. Frames are independent here, so the frames of
+        a clip can be encoded as one batch."""
         (frame,), pad = pad_divide_by([frame], FEATURE_STRIDE)
         r4, r3, r2 = self.encoder_query(frame)
         key, value = self.kv_query(r4)
-        return key, value, r3, r2, pad
+        skip3, skip2 = self.decoder.skips(r3, r2)
+        return QueryEncoding(key, value, skip3, skip2, pad)
 
-    def decode(self, read: torch.Tensor, r3: torch.Tensor, r2: torch.Tensor,
-               objects: ObjectIndex) -> torch.Tensor:
-        """Memory read (N, 1024, h, w) and the frames' r3, r2 -> foreground probability (N, H, W).
-        The skip branches are computed once per frame and shared by its objects."""
-        s3, s2 = self.decoder.skips(r3, r2)
-        logits = self.decoder.decode(read, s3[objects.batch], s2[objects.batch])
+    def decode(self, read: torch.Tensor, query: QueryEncoding, objects: ObjectIndex) -> torch.Tensor:
+        """Memory read (N, 1024, h, w) and the query's skip features -> foreground probability
+        (N, H, W)."""
+        logits = self.decoder.decode(read, query.skip3[objects.batch], query.skip2[objects.batch])
         return F.softmax(logits.float(), dim=1)[:, 1]
 
     @staticmethod
@@ -246,11 +248,16 @@ class RMNet(torch.nn.Module):
         n_objects = torch.as_tensor(n_objects)
         counts = [int(n) for n in n_objects.max(dim=1).values.tolist()]
         recurrence = FrameRecurrence(self, counts, memorize_every)
+        frames = frames.to(device)
+        batch, n_frames = frames.shape[:2]
         first = masks[:, 0].to(device).float()
         outputs = [first]
-        recurrence.start(frames[:, 0].to(device), first)
-        for t in range(1, frames.shape[1]):
+        recurrence.start(frames[:, 0], first)
+        # the query side of every later frame at once (time-major: frame t is rows (t-1)B..tB-1)
+        queries = self.encode_query(frames[:, 1:].transpose(0, 1).flatten(0, 1)) if n_frames > 1 else None
+        for t in range(1, n_frames):
             appearing = bool((n_objects[:, t] != n_objects[:, t - 1]).any())
             new_masks = masks[:, t].to(device).float() if appearing else None
-            outputs.append(recurrence.step(frames[:, t].to(device), optical_flows[:, t].to(device), new_masks))
+            query = queries.frames((t - 1) * batch, t * batch)
+            outputs.append(recurrence.step(frames[:, t], optical_flows[:, t].to(device), new_masks, query))
         return torch.stack(outputs, dim=1)

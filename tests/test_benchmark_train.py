@@ -32,10 +32,10 @@ def test_quick_run_reports_speed_and_stages(tmp_path, capsys):
     assert run['samples_per_s'] == pytest.approx(1000 / run['step_ms'])
     stages = run['stages_ms']
     for stage in ('forward', 'losses', 'backward', 'optimizer', 'frame 1', 'frame 2 memory read',
-                  'frame 2 encode_query'):
+                  'frame 2 decode', 'encode_query (all frames)'):
         assert stages[stage] >= 0, stage
     assert 'frame 3' not in stages                       # frames 1 and 2 are segmented
-    assert stages['frame 1'] + stages['frame 2'] <= stages['forward'] * 1.01
+    assert stages['encode_query (all frames)'] + stages['frame 1'] + stages['frame 2'] <= stages['forward'] * 1.01
     printed = capsys.readouterr().out
     assert '1 x 32' in printed and 'frame 2 memory read' in printed
     # an existing result is never replaced

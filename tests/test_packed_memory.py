@@ -97,6 +97,21 @@ def test_unbounded_read_equals_dense_and_grows(seed):
     assert capacities == [2, 2, 2, 3, 3, 5, 5, 5, 5, 8, 8, 8]   # the hint, then 1.5x as needed
 
 
+def test_region_fraction_is_the_mean_share_of_the_frames_read_inside_their_regions():
+    g = torch.Generator().manual_seed(5)
+    bank = PackedMemoryBank(expected_frames=4)
+    assert bank.region_fraction() == 0.0
+    frames = [random_frame(g, t) for t in range(4)]
+    for frame in frames:
+        bank.write_latest(*frame)
+        if len(bank) < 3:
+            bank.keep()
+    # kept frames 0-2 and the latest, frame 3, are read
+    expected = torch.stack([region for _, _, region in frames]).mean().item()
+    assert 0.2 < expected < 0.8
+    assert bank.region_fraction() == pytest.approx(expected)
+
+
 def test_will_reallocate_exactly_when_the_buffers_are_full():
     g = torch.Generator().manual_seed(3)
     bank = PackedMemoryBank(expected_frames=3)

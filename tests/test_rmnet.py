@@ -5,11 +5,13 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from config import cfg
 from conftest import PUBLISHED, normalise, require_shared
 from models.memory_read import read_memory_dense
 from models.object_manager import ObjectIndex
+from models.recurrence import FrameRecurrence
 from models.rmnet import RMNet, warp_backward
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import load_networks
@@ -85,3 +87,33 @@ def test_whole_model_same_on_cpu_and_gpu(synth_checkpoint):
     difference = (outputs['cpu'][1] - outputs['cuda'][1]).abs().amax(dim=(0, 2, 3, 4))
     # the frame-to-frame recurrence amplifies rounding differences (see published_outputs/README)
     assert difference[:4].max() < 1e-4 and difference.max() < 1e-3, difference
+
+
+def test_forward_encodes_the_queries_of_a_clip_together_with_the_same_result():
+    """RMNet.forward (every later frame's query encoded as one batch) equals the frame loop with
+    each frame encoded on its own: probabilities and the gradient of the encoder's weights."""
+    torch.manual_seed(0)
+    net = RMNet(cfg).eval()
+    batch, n_frames, height, width = 2, 4, 32, 48
+    frames = torch.randn(batch, n_frames, 3, height, width)
+    ids = torch.zeros(batch, n_frames, height, width, dtype=torch.long)
+    ids[:, :, 4:14, 4:20] = 1
+    ids[0, :, 18:30, 26:44] = 2
+    masks = F.one_hot(ids, 4).permute(0, 1, 4, 2, 3).float()
+    flows = torch.zeros(batch, n_frames, 2, height, width)
+    n_objects = torch.tensor([[2] * n_frames, [1] * n_frames])
+
+    def weight_grad(probs):
+        net.zero_grad()
+        probs[:, 1:, 1].sum().backward()
+        return net.encoder_query.res3[0].conv1.weight.grad.clone()
+
+    together = net(frames, masks, flows, n_objects, memorize_every=1)
+    grad_together = weight_grad(together)
+    loop = FrameRecurrence(net, [2, 1], memorize_every=1)
+    loop.start(frames[:, 0], masks[:, 0])
+    alone = torch.stack([masks[:, 0]] + [loop.step(frames[:, t], flows[:, t]) for t in range(1, n_frames)], dim=1)
+    grad_alone = weight_grad(alone)
+    assert torch.allclose(together, alone, atol=1e-6)
+    assert grad_together.abs().max() > 0
+    assert torch.allclose(grad_together, grad_alone, rtol=1e-4, atol=1e-6)

@@ -246,17 +246,20 @@ def test_loss_logits_give_back_the_probabilities():
 
 
 def test_channels_last_training_step_gives_the_same_losses():
+    """TRAIN.CHANNELS_LAST applies to GPU training only; the layout changes no loss (the NHWC
+    weights are made here on the CPU by naming a CUDA device)."""
     from core.train import TrainingStep, freeze_batch_norm, use_channels_last
     from tools.benchmark_train import synthetic_batch
     batch = synthetic_batch(1, 32, torch.device('cpu'))
     results = []
-    for channels_last in (False, True):
+    for layout_device in ('cpu', 'cuda'):
         cfg = copy.deepcopy(global_cfg)
-        cfg.TRAIN.CHANNELS_LAST = channels_last
+        assert cfg.TRAIN.CHANNELS_LAST
         torch.manual_seed(0)
         net = RMNet(cfg).train()
         freeze_batch_norm(net)
-        use_channels_last(cfg, net)
+        use_channels_last(cfg, net, torch.device(layout_device))
+        channels_last = layout_device == 'cuda'
         assert net.encoder_query.conv1.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-5)
         step = TrainingStep(cfg, net, optimizer, torch.amp.GradScaler('cuda', enabled=False),
@@ -278,11 +281,11 @@ def test_gpu_training_step_gives_the_cpu_losses(precision, channels_last, tolera
     losses = []
     for device in (torch.device('cpu'), torch.device('cuda')):
         cfg = copy.deepcopy(global_cfg)
-        cfg.TRAIN.CHANNELS_LAST = channels_last and device.type == 'cuda'
+        cfg.TRAIN.CHANNELS_LAST = channels_last
         torch.manual_seed(0)
         net = RMNet(cfg).to(device).train()
         freeze_batch_norm(net)
-        use_channels_last(cfg, net)
+        use_channels_last(cfg, net, device)
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-5, fused=device.type == 'cuda')
         step = TrainingStep(cfg, net, optimizer, torch.amp.GradScaler('cuda', enabled=False), device, 'RMNet',
                             precision if device.type == 'cuda' else 'fp32')

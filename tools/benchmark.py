@@ -5,6 +5,9 @@
 For every clip length and object count it runs the published dense fp32 path and the fast
 regional fp32 and bf16 paths one after another on the same GPU and reports frames per
 second (whole loop: upload, flow, memory, decode, mask download) and peak GPU memory.
+`region` is the mean share of a kept frame inside its object's box at the end of the clip:
+the memory read's cost grows with it. Random weights (seeded by --seed) segment badly, so
+their boxes are far larger than a trained network's (often the whole frame).
 --scales and --flip measure test-time augmentation (e.g. --scales 0.75 1.0 1.25 --flip).
 """
 import argparse
@@ -121,7 +124,9 @@ def run_once(tflownet, rmnet, frames, first_mask, cfg) -> Dict[str, float]:
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     assert n_masks == len(frames)
-    return {'fps': len(frames) / elapsed,
+    memory = segmenter.branches[1][0].recurrence.memory
+    region = memory.region_fraction() if hasattr(memory, 'region_fraction') else 1.0
+    return {'fps': len(frames) / elapsed, 'region_fraction': region,
             'peak_gib': torch.cuda.max_memory_allocated() / 2 ** 30,
             'peak_above_weights_gib': (torch.cuda.max_memory_allocated() - base) / 2 ** 30}
 
@@ -178,6 +183,7 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument('--height', type=int, default=480)
     parser.add_argument('--width', type=int, default=854)
     parser.add_argument('--weights', default=None, help='checkpoint (default: random weights)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random weights')
     parser.add_argument('--dense-max-frames', type=int, default=100,
                         help='skip the dense path on longer clips (it is slow)')
     parser.add_argument('--scales', type=float, nargs='+', default=list(default_cfg.TEST.FRAME_SCALES),
@@ -196,13 +202,14 @@ def main(argv: List[str] = None) -> None:
     if os.path.exists(args.out):
         raise UserError(f'{args.out}: already exists; give another --out (results are never overwritten)')
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    torch.manual_seed(args.seed)     # random weights decide how large the regions are: fix them
     tflownet, rmnet = TinyFlowNet(default_cfg), RMNet(default_cfg)
     if args.weights:
         load_networks(args.weights, tflownet=tflownet, rmnet=rmnet)
     tflownet.cuda().eval()
     rmnet.cuda().eval()
     results = {'device': torch.cuda.get_device_name(), 'torch': torch.__version__,
-               'size': [args.height, args.width], 'weights': args.weights or 'random',
+               'size': [args.height, args.width], 'weights': args.weights or f'random (seed {args.seed})',
                'scales': args.scales, 'flip': args.flip, 'max_memory_frames': args.max_memory_frames,
                'runs': []}
     print(f"{results['device']}, torch {torch.__version__}, {args.width}x{args.height}, "
@@ -215,11 +222,12 @@ def main(argv: List[str] = None) -> None:
 
 
 def benchmark_clips(args, tflownet, rmnet, results) -> None:
-    print(f"{'frames':>6} {'objects':>7} " + ' '.join(f'{p + " fps":>15} {"GiB":>6}' for p in args.paths))
+    print(f"{'frames':>6} {'objects':>7} " + ' '.join(f'{p + " fps":>15} {"GiB":>6}' for p in args.paths)
+          + '  region')
     for n_frames in args.frames:
         for n_objects in args.objects:
             frames, first_mask = synthetic_clip(n_frames, n_objects, args.height, args.width)
-            row = f'{n_frames:>6} {n_objects:>7} '
+            row, region = f'{n_frames:>6} {n_objects:>7} ', None
             for path in args.paths:
                 if path.startswith('dense') and n_frames > args.dense_max_frames:
                     row += f'{"-":>15} {"-":>6} '
@@ -228,7 +236,8 @@ def benchmark_clips(args, tflownet, rmnet, results) -> None:
                 measured = run_once(tflownet, rmnet, frames, first_mask, cfg)
                 results['runs'].append({'frames': n_frames, 'objects': n_objects, 'path': path, **measured})
                 row += f'{measured["fps"]:>15.1f} {measured["peak_gib"]:>6.2f} '
-            print(row, flush=True)
+                region = measured['region_fraction']
+            print(row + ('       -' if region is None else f'  {region:6.0%}'), flush=True)
 
 
 def _write_json(path: str, content) -> None:

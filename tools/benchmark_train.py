@@ -5,13 +5,14 @@
     python tools/benchmark_train.py --quick                       tiny sizes (runs on the CPU)
 
 The step is the one `python runner.py` trains with (core.train.TrainingStep): clips of
-3 frames with 2 objects, TRAIN.N_MAX_OBJECTS 3, every frame memorised, frozen BatchNorm,
-Adam. Batches wait in pinned host memory as the data loader leaves them. For each
+3 frames with 2 objects (--objects), TRAIN.N_MAX_OBJECTS 3, every frame memorised, frozen
+BatchNorm, channels-last on a GPU (--contiguous: NCHW), Adam. Batches wait in pinned host
+memory as the data loader leaves them. For each
 precision and batch x crop it reports the median step time over --steps steps after
 --warmup steps as samples per second, and the peak GPU memory of those steps; JSON
 (--out) and a printed table. --profile adds a per-stage breakdown timed with CUDA events
-(each frame's memorise, query region, encoder, memory read, decoder, aggregation; losses,
-backward, optimiser step), --profile-ops N the top N operators of torch.profiler by
+(the query encoder of the clip's frames; each frame's memorise, query region, memory read,
+decoder, aggregation; losses, backward, optimiser step), --profile-ops N the top N operators of torch.profiler by
 device time, --sync-report the host synchronisations of one step (CUDA only).
 """
 import argparse
@@ -35,9 +36,10 @@ from config import cfg as default_cfg  # noqa: E402
 from core.train import TrainingStep, build_networks, freeze_batch_norm, use_channels_last  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 
-N_FRAMES, N_OBJECTS, MAX_OBJECTS = 3, 2, 3
+N_FRAMES, N_OBJECTS, MAX_OBJECTS = 3, 2, 3      # N_OBJECTS: the default of --objects
 PRECISIONS = ('fp32', 'bf16')
-FRAME_STAGES = ('memorize', 'query_region', 'encode_query', 'decode', 'aggregate')
+FRAME_STAGES = ('memorize', 'query_region', 'decode', 'aggregate')
+CLIP_STAGES = ('encode_query',)     # once per clip: the query side of every later frame
 STEP_STAGES = ('forward', 'losses', 'backward', 'optimizer')
 
 
@@ -64,19 +66,20 @@ def non_negative_int(text: str) -> int:
     return int(text)
 
 
-def synthetic_batch(batch: int, crop: int, device: torch.device, seed: int = 0) -> Dict[str, Any]:
-    """A loader-format batch: textured frames, N_OBJECTS moving ellipses one-hot in
+def synthetic_batch(batch: int, crop: int, device: torch.device, seed: int = 0,
+                    n_objects: int = N_OBJECTS) -> Dict[str, Any]:
+    """A loader-format batch: textured frames, n_objects moving ellipses one-hot in
     MAX_OBJECTS + 1 channels, their labels and a small flow; pinned when the device is CUDA."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:crop, :crop].astype(np.float32)
     frames = rng.normal(size=(batch, N_FRAMES, 3, crop, crop)).astype(np.float32)
     labels = np.zeros((batch, N_FRAMES, crop, crop), dtype=np.int64)
     for b in range(batch):
-        centres = rng.uniform(0.3, 0.7, (N_OBJECTS, 2)) * crop
-        speeds = rng.normal(size=(N_OBJECTS, 2)) * crop / 50
-        radii = rng.uniform(0.08, 0.2, (N_OBJECTS, 2)) * crop
+        centres = rng.uniform(0.3, 0.7, (n_objects, 2)) * crop
+        speeds = rng.normal(size=(n_objects, 2)) * crop / 50
+        radii = rng.uniform(0.08, 0.2, (n_objects, 2)) * crop
         for t in range(N_FRAMES):
-            for k in range(N_OBJECTS):
+            for k in range(n_objects):
                 cx, cy = centres[k] + speeds[k] * t
                 inside = ((xx - cx) / radii[k, 0]) ** 2 + ((yy - cy) / radii[k, 1]) ** 2 <= 1
                 labels[b, t][inside] = k + 1
@@ -85,7 +88,7 @@ def synthetic_batch(batch: int, crop: int, device: torch.device, seed: int = 0) 
     flows[:, 0] = 0
     tensors = {'frames': frames, 'masks': masks, 'labels': labels, 'flows': flows}
     out: Dict[str, Any] = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in tensors.items()}
-    out['n_objects'] = torch.full((batch,), N_OBJECTS, dtype=torch.long)
+    out['n_objects'] = torch.full((batch,), n_objects, dtype=torch.long)
     if device.type == 'cuda':
         out = {key: value.pin_memory() for key, value in out.items()}
     out['name'] = [f'synthetic/{b}' for b in range(batch)]
@@ -142,6 +145,9 @@ class StageTimer:
         occurrences: Dict[str, List[int]] = defaultdict(list)
         for i, name in enumerate(names):
             occurrences[name].append(i)
+        for stage in CLIP_STAGES:
+            result[f'{stage} (all frames)'] = elapsed(occurrences[f'{stage}:start'][0],
+                                                      occurrences[f'{stage}:end'][0])
         for frame, start in enumerate(occurrences['memorize:start'], start=1):
             position = frame - 1
             prefix = f'frame {frame}'
@@ -149,7 +155,7 @@ class StageTimer:
             for stage in FRAME_STAGES:
                 result[f'{prefix} {stage}'] = elapsed(occurrences[f'{stage}:start'][position],
                                                       occurrences[f'{stage}:end'][position])
-            result[f'{prefix} memory read'] = elapsed(occurrences['encode_query:end'][position],
+            result[f'{prefix} memory read'] = elapsed(occurrences['query_region:end'][position],
                                                       occurrences['decode:start'][position])
         self.marks = []
         return result
@@ -172,13 +178,13 @@ def build_step(cfg, weights: Optional[str], device: torch.device,
     _, rmnet = build_networks(cfg, weights)
     rmnet.to(device).train()
     freeze_batch_norm(rmnet)
-    use_channels_last(cfg, rmnet)
+    use_channels_last(cfg, rmnet, device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = cfg.TRAIN.CUDNN_BENCHMARK
     optimizer = torch.optim.Adam(rmnet.parameters(), lr=cfg.TRAIN.LEARNING_RATE, betas=tuple(cfg.TRAIN.BETAS),
                                  weight_decay=cfg.TRAIN.WEIGHT_DECAY, fused=device.type == 'cuda')
     scaler = torch.amp.GradScaler('cuda', enabled=False)
-    for method in FRAME_STAGES:
+    for method in CLIP_STAGES + FRAME_STAGES:
         timer.wrap(rmnet, method)
     step = TrainingStep(cfg, rmnet, optimizer, scaler, device, 'RMNet', cfg.TRAIN.PRECISION, mark=timer.mark)
     return step, rmnet
@@ -189,11 +195,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_one(cfg, weights: Optional[str], device: torch.device, batch_size: int, crop: int,
+def run_one(cfg, weights: Optional[str], device: torch.device, batch_size: int, crop: int, n_objects: int,
             steps: int, warmup: int, profile: bool, profile_ops: int, sync_report: bool) -> Dict[str, Any]:
     timer = StageTimer(device)
     step, rmnet = build_step(cfg, weights, device, timer)
-    batch = synthetic_batch(batch_size, crop, device)
+    batch = synthetic_batch(batch_size, crop, device, n_objects=n_objects)
     for _ in range(warmup):
         step(batch)
     synchronize(device)
@@ -210,7 +216,7 @@ def run_one(cfg, weights: Optional[str], device: torch.device, batch_size: int, 
     median = statistics.median(times)
     result: Dict[str, Any] = {
         'precision': cfg.TRAIN.PRECISION, 'batch': batch_size, 'crop': crop,
-        'channels_last': bool(cfg.TRAIN.CHANNELS_LAST), 'steps': steps, 'step_ms': median * 1000,
+        'objects': n_objects, 'channels_last': bool(cfg.TRAIN.CHANNELS_LAST and device.type == 'cuda'), 'steps': steps, 'step_ms': median * 1000,
         'samples_per_s': batch_size / median,
         'peak_gib': torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else None}
     if profile:
@@ -287,7 +293,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--precisions', nargs='+', default=list(PRECISIONS), choices=PRECISIONS)
     parser.add_argument('--steps', type=positive_int, default=None, help='timed steps (default 10; --quick: 2)')
     parser.add_argument('--warmup', type=non_negative_int, default=None, help='untimed steps first (default 3; --quick: 1)')
-    parser.add_argument('--channels-last', action='store_true', help='TRAIN.CHANNELS_LAST on')
+    parser.add_argument('--objects', type=positive_int, default=N_OBJECTS,
+                        help=f'objects per clip (at most {MAX_OBJECTS}; default {N_OBJECTS})')
+    parser.add_argument('--contiguous', action='store_true',
+                        help='TRAIN.CHANNELS_LAST off (NCHW weights and activations)')
     parser.add_argument('--weights', default=None, help='checkpoint to start from (default: random weights)')
     parser.add_argument('--profile', action='store_true', help='per-stage times (CUDA events)')
     parser.add_argument('--profile-ops', type=non_negative_int, default=0, metavar='N',
@@ -296,6 +305,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--quick', action='store_true', help='tiny sizes and few steps (a check on the CPU)')
     parser.add_argument('--out', default='benchmark_train.json')
     args = parser.parse_args(argv)
+    if args.objects > MAX_OBJECTS:
+        print(f'error: --objects {args.objects}: at most {MAX_OBJECTS} (TRAIN.N_MAX_OBJECTS)', file=sys.stderr)
+        return 2
     sizes = args.sizes or ([(2, 64)] if args.quick else [(4, 465), (8, 232)])
     steps = args.steps or (2 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
@@ -311,16 +323,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'error: {args.out} exists; choose another --out (earlier results are kept)', file=sys.stderr)
         return 2
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
-    results: Dict[str, Any] = {'device': name, 'torch': torch.__version__, 'channels_last': args.channels_last,
-                               'frames': N_FRAMES, 'objects': N_OBJECTS, 'max_objects': MAX_OBJECTS,
+    channels_last = not args.contiguous and device.type == 'cuda'
+    results: Dict[str, Any] = {'device': name, 'torch': torch.__version__, 'channels_last': channels_last,
+                               'frames': N_FRAMES, 'objects': args.objects, 'max_objects': MAX_OBJECTS,
                                'weights': args.weights or 'random', 'runs': []}
-    print(f'{name}, torch {torch.__version__}, {N_FRAMES} frames, {N_OBJECTS} objects '
-          f'(N_MAX_OBJECTS {MAX_OBJECTS}), median of {steps} steps after {warmup}'
-          + (', channels-last' if args.channels_last else ''), flush=True)
+    print(f'{name}, torch {torch.__version__}, {N_FRAMES} frames, {args.objects} objects '
+          f'(N_MAX_OBJECTS {MAX_OBJECTS}), median of {steps} steps after {warmup}, '
+          + ('channels-last' if channels_last else 'NCHW'), flush=True)
     for precision in args.precisions:
-        cfg = benchmark_cfg(precision, args.channels_last)
+        cfg = benchmark_cfg(precision, not args.contiguous)
         for batch, crop in sizes:
-            results['runs'].append(run_one(cfg, args.weights, device, batch, crop, steps, warmup,
+            results['runs'].append(run_one(cfg, args.weights, device, batch, crop, args.objects, steps, warmup,
                                            args.profile, args.profile_ops, args.sync_report))
     print_table(results['runs'], args.precisions)
     if args.profile or args.profile_ops or args.sync_report:
