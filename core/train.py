@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -221,6 +221,26 @@ class LossLog:
         return records
 
 
+class TimedBatches:
+    """The batches of a loader, with the time spent waiting for them (the loading workers
+    falling behind the GPU shows here)."""
+
+    def __init__(self, batches: Iterable[Dict[str, Any]]):
+        self.batches = batches
+        self.waited = 0.0
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        iterator = iter(self.batches)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.waited += time.perf_counter() - start
+            yield batch
+
+
 class EpochItems(torch.utils.data.Dataset):
     """The training set addressed by (epoch, frame step, index) keys, so that workers that
     live across epochs (persistent_workers) draw each item of each epoch as a fresh
@@ -413,8 +433,9 @@ class Trainer:
         if self.dist.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.dist.device)
         started = time.perf_counter()
-        bar = tqdm(self.loader, desc=f'Epoch {self.epoch}/{self.cfg.TRAIN.N_EPOCHS} (step {step})',
-                   disable=not self.dist.is_main, dynamic_ncols=True)
+        batches = TimedBatches(self.loader)
+        bar = tqdm(batches, desc=f'Epoch {self.epoch}/{self.cfg.TRAIN.N_EPOCHS} (step {step})',
+                   total=len(self.loader), disable=not self.dist.is_main, dynamic_ncols=True)
         for batch in bar:
             terms, probs = self.train_step(batch)
             log.add(self.global_step, batch.get('name'), terms)
@@ -430,6 +451,7 @@ class Trainer:
         n_steps = len(self.epoch_losses)
         self.throughput = {'iterations_per_s': n_steps / elapsed,
                            'samples_per_s': n_steps * self.cfg.TRAIN.BATCH_SIZE / elapsed,
+                           'data_wait_fraction': batches.waited / elapsed,
                            'peak_gpu_gib': (torch.cuda.max_memory_allocated(self.dist.device) / 2 ** 30
                                             if self.dist.device.type == 'cuda' else 0.0)}
         mean_loss = float(np.mean(self.epoch_losses)) if self.epoch_losses else math.nan
@@ -443,6 +465,7 @@ class Trainer:
             self.writer.add_scalar('Train/LearningRate', self.epoch_learning_rate, self.epoch)
             self.writer.add_scalar('Train/IterationsPerSecond', self.throughput['iterations_per_s'], self.epoch)
             self.writer.add_scalar('Train/SamplesPerSecond', self.throughput['samples_per_s'], self.epoch)
+            self.writer.add_scalar('Train/DataWaitFraction', self.throughput['data_wait_fraction'], self.epoch)
         return mean_loss
 
     def _write_losses(self, records: List[Tuple[int, Dict[str, float]]], bar: tqdm) -> None:
@@ -560,9 +583,11 @@ class Trainer:
             metrics = self._validate_saved_epoch() if self.dist.is_main else None
             summary = {'epoch': self.epoch, 'loss': loss, 'metrics': metrics}
             if self.dist.is_main:
-                logger.info('Epoch %d/%d: loss %.4f, %.2f it/s, %.1f samples/s, peak GPU memory %.2f GiB%s',
+                logger.info('Epoch %d/%d: loss %.4f, %.2f it/s, %.1f samples/s, %.0f%% of the time waiting '
+                            'for data, peak GPU memory %.2f GiB%s',
                             self.epoch, self.cfg.TRAIN.N_EPOCHS, loss, self.throughput['iterations_per_s'],
-                            self.throughput['samples_per_s'], self.throughput['peak_gpu_gib'],
+                            self.throughput['samples_per_s'], 100 * self.throughput['data_wait_fraction'],
+                            self.throughput['peak_gpu_gib'],
                             '' if metrics is None else ', ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
                 self._update_curriculum(metrics)
                 self.save(metrics, loss)

@@ -390,3 +390,21 @@ def test_a_full_disk_while_saving_stops_with_the_file_named(data_root, tmp_path,
                                             r'nothing was written there; training stopped after epoch 1'):
         trainer.run()
     assert os.listdir(tmp_path / 'checkpoints') == []
+
+
+def test_timed_batches_yields_every_batch_and_counts_the_wait_for_them():
+    import time
+    from core.train import TimedBatches
+
+    def slow_loader():
+        for i in range(3):
+            time.sleep(0.02)
+            yield {'index': i}
+
+    batches = TimedBatches(slow_loader())
+    seen = []
+    for batch in batches:
+        time.sleep(0.05)                   # the step's own time is not waiting
+        seen.append(batch['index'])
+    assert seen == [0, 1, 2]
+    assert 0.06 <= batches.waited < 0.15
