@@ -39,8 +39,8 @@ from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.io import DataError, atomic_write
 from utils.mask_input import GivenMasks, MaskError, parse_mask_spec, read_given_masks
-from utils.output_safety import (check_output_folder, check_user_video_output, clear_user_video_outputs,
-                                 removed_if_left_empty)
+from utils.output_safety import (check_empty_output, check_output_folder, check_user_video_output,
+                                 clear_user_video_outputs, removed_if_left_empty)
 from utils.video_io import FOLDER_FPS, FrameSource, PrefetchReader, VideoWriter, open_frames
 from utils.weights import resolve_weights
 
@@ -66,7 +66,9 @@ def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optio
     """Write the benchmark result files of a split (see the module docstring); return the zip's path."""
     dataset, split = resolve_split(cfg, dataset, split)
     videos = benchmark_videos(cfg, dataset, split)
-    out_dir = prepare_output_dir(check_output_folder(cfg, out_dir or experiment_dir(cfg)))
+    out_dir = check_output_folder(cfg, out_dir or experiment_dir(cfg))
+    check_empty_output(out_dir)
+    out_dir = prepare_output_dir(out_dir)
     segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
     results_dir = 'Annotations' if dataset.startswith('YOUTUBE_VOS') else ''
     logger.info('Segmenting %d videos of %s %s into %s', len(videos), dataset, split, out_dir)

@@ -21,7 +21,8 @@ from core.segmenter import VideoSegmenter
 from core.streaming import SplitSpeed, experiment_dir, new_segmenter, prepare_output_dir
 from datasets.video import Video
 from utils.evaluate import format_table, scored_records, summarise, write_csvs
-from utils.output_safety import check_output_folder
+from utils.io import DataError
+from utils.output_safety import check_empty_output, check_output_folder
 from utils.scoring_pool import ScoringPool
 from utils.weights import resolve_weights
 
@@ -38,7 +39,17 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     shard = setup_distributed()
     all_videos = benchmark_videos(cfg, dataset, split)
     videos = all_videos[shard.rank::shard.world_size]
-    out_dir = prepare_output_dir(check_output_folder(cfg, broadcast_object(shard, out_dir or experiment_dir(cfg))))
+    out_dir = check_output_folder(cfg, broadcast_object(shard, out_dir or experiment_dir(cfg)))
+    problem = None
+    if shard.is_main:                      # before any process writes there
+        try:
+            check_empty_output(out_dir)
+        except DataError as e:
+            problem = str(e)
+    problem = broadcast_object(shard, problem)
+    if problem is not None:
+        raise DataError(problem)
+    out_dir = prepare_output_dir(out_dir)
     segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
     with_truth = sum(bool(video.ground_truth) for video in all_videos)
     if not with_truth:

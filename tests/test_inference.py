@@ -53,6 +53,18 @@ def test_davis_results_layout_and_zip(tmp_path, clip, checkpoint):
     assert frame_count(out / 'overlay' / 'hike.mp4') == 3
 
 
+def test_benchmark_results_never_go_into_a_non_empty_folder(tmp_path, clip, checkpoint, capsys):
+    frames, masks = clip
+    root = davis_root(str(tmp_path / 'DAVIS'), {'hike': (frames[:3], masks[:3])})
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'notes.txt').write_text('earlier work')
+    assert runner.main(['--inference', '--weights', checkpoint, '--dataset', 'DAVIS', '--split', 'train',
+                        '--output', str(out), '--set', 'DATASETS.DAVIS.ROOT', root]) == 2
+    assert 'the output folder is not empty (it holds notes.txt)' in capsys.readouterr().err
+    assert os.listdir(out) == ['notes.txt'] and (out / 'notes.txt').read_text() == 'earlier work'
+
+
 def test_youtube_vos_listed_frames_object_appearing_mid_video(tmp_path, clip, checkpoint):
     frames, masks = clip
     root = youtube_root(str(tmp_path / 'YouTubeVOS'), 'walkers', frames, masks, {1: [0, 2, 4], 2: [2, 4]})

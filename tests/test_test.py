@@ -46,6 +46,19 @@ def test_davis_prints_scores_and_writes_masks_and_csvs(tmp_path, clips, checkpoi
     assert [row[0] for row in sequence_rows[1:]] == ['hike_1', 'hike_2', 'bear_1']
 
 
+def test_a_second_run_into_the_same_output_folder_is_refused_and_the_first_kept(tmp_path, clips, checkpoint,
+                                                                                 capsys):
+    root = davis_root(str(tmp_path / 'DAVIS'), {'bear': clips['bear']})
+    out = tmp_path / 'out'
+    assert run_test(root, out, 'DAVIS', checkpoint, '--set', 'TEST.EVAL_WORKERS', '1') == 0
+    before = {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)}
+    capsys.readouterr()
+    assert run_test(root, out, 'DAVIS', checkpoint, '--set', 'TEST.EVAL_WORKERS', '1') == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f'error: {out}: the output folder is not empty')
+    assert {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)} == before
+
+
 def test_davis2016_is_one_object_per_video(tmp_path, clips, checkpoint, capsys):
     root = davis_root(str(tmp_path / 'DAVIS'), {'hike': clips['hike']})
     out = tmp_path / 'out'

@@ -23,15 +23,12 @@ import tempfile
 from typing import Dict, List, Tuple
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# PyTorch and the networks are imported where they are used: the scoring workers that the
+# split mode spawns import this script first, and they need neither.
 from config import cfg as default_cfg  # noqa: E402
-from core.segmenter import VideoSegmenter  # noqa: E402
-from models.rmnet import RMNet  # noqa: E402
-from models.tiny_flownet import TinyFlowNet  # noqa: E402
-from utils.checkpoint import load_networks  # noqa: E402
 from utils.cli import UserError, run_command  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 
@@ -111,6 +108,8 @@ def path_cfg(path: str, scales: List[float], flip: bool, max_memory_frames: int)
 
 
 def run_once(tflownet, rmnet, frames, first_mask, cfg) -> Dict[str, float]:
+    import torch
+    from core.segmenter import VideoSegmenter
     segmenter = VideoSegmenter(None, 'cuda', cfg=cfg, tflownet=tflownet, rmnet=rmnet)
     for _ in segmenter.segment(frames.head(6), first_mask):   # warm-up: kernels, autotuning, graphs
         pass
@@ -197,6 +196,10 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument('--split-size', type=int, nargs=2, default=[240, 427], metavar=('H', 'W'))
     parser.add_argument('--out', default='benchmark.json')
     args = parser.parse_args(argv)
+    import torch
+    from models.rmnet import RMNet
+    from models.tiny_flownet import TinyFlowNet
+    from utils.checkpoint import load_networks
     if not torch.cuda.is_available():
         raise UserError('the benchmark needs a CUDA GPU (none is visible to PyTorch)')
     if os.path.exists(args.out):

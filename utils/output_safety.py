@@ -3,8 +3,8 @@
 - An output folder must not be, contain or lie inside a configured dataset folder
   (every ROOT, *_ROOT, IMAGE_DIR, MASK_DIR of cfg.DATASETS), so ground truth is never overwritten.
 - Names read from split files and meta.json become path components: they must be plain names.
-- A user's video writes into a fresh or empty folder, or, with overwrite, replaces only the
-  outputs of an earlier run there (USER_VIDEO_OUTPUTS).
+- A benchmark split writes into a fresh or empty folder. A user's video too, or, with
+  overwrite, it replaces only the outputs of an earlier run there (USER_VIDEO_OUTPUTS).
 - Temporary files left by a killed process (utils.io.TEMPORARY_PREFIX) are removed at the next
   start.
 """
@@ -81,12 +81,26 @@ def check_user_video_output(out_dir: str, overwrite: bool, inputs: Sequence[str]
             if _inside(_resolved(path), _resolved(output)):
                 raise DataError(f'{path}: this input lies in {output}, which the run replaces; copy it '
                                 f'elsewhere or choose another --output')
-    entries = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
-    if entries and not overwrite:
-        shown = ', '.join(entries[:5]) + (f' and {len(entries) - 5} more' if len(entries) > 5 else '')
-        raise DataError(f'{out_dir}: the output folder is not empty (it holds {shown}); choose a new '
+    held = _held(out_dir)
+    if held and not overwrite:
+        raise DataError(f'{out_dir}: the output folder is not empty (it holds {held}); choose a new '
                         f'--output, or pass --overwrite to replace an earlier run\'s masks/, binary/ '
                         f'and overlay.mp4 there')
+
+
+def check_empty_output(out_dir: str) -> None:
+    """A benchmark split's results go into a fresh or empty folder, so that the masks, scores
+    and archive of two runs never mix and no earlier result is replaced."""
+    held = _held(out_dir)
+    if held:
+        raise DataError(f'{out_dir}: the output folder is not empty (it holds {held}); results of '
+                        f'two runs are never mixed: choose a new --output or --exp')
+
+
+def _held(folder: str) -> str:
+    """What a folder holds, shortly ('' when it is absent or empty)."""
+    entries = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return ', '.join(entries[:5]) + (f' and {len(entries) - 5} more' if len(entries) > 5 else '')
 
 
 def clear_user_video_outputs(out_dir: str) -> None:
