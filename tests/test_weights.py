@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -27,7 +28,8 @@ PAYLOAD = small_checkpoint()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """Serves server.body; honours 'Range: bytes=N-' unless server.ranges is False."""
+    """Serves server.body; honours 'Range: bytes=N-' unless server.ranges is False; server.slow
+    sends it in pieces."""
 
     def do_GET(self) -> None:
         server = self.server
@@ -52,6 +54,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if server.cut_after is not None:
             sent, server.cut_after = sent[:server.cut_after], None
             self.close_connection = True
+        if server.slow:                  # in pieces, so that a second caller arrives meanwhile
+            for begin in range(0, len(sent), 65536):
+                self.wfile.write(sent[begin:begin + 65536])
+                self.wfile.flush()
+                time.sleep(0.02)
+            return
         self.wfile.write(sent)
 
     def log_message(self, *args) -> None:
@@ -62,6 +70,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def server(tmp_path, monkeypatch):
     httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
     httpd.body, httpd.ranges, httpd.cut_after, httpd.requests = PAYLOAD, True, None, []
+    httpd.slow = False
     thread = threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True)
     thread.start()
     url = f'http://127.0.0.1:{httpd.server_address[1]}/?fileName=RMNet-DAVIS.pth'
@@ -166,7 +175,7 @@ def test_a_web_page_instead_of_weights_is_rejected(server, tmp_path):
     server.body = b'<html><body>File not found</body></html>'
     with pytest.raises(WeightsError, match='did not send a PyTorch checkpoint'):
         resolve_weights('davis', progress=False)
-    assert os.listdir(tmp_path / 'cache') == []
+    assert [name for name in os.listdir(tmp_path / 'cache') if not name.endswith('.lock')] == []
 
 
 def test_offline_message_names_the_url_and_where_to_put_the_file(tmp_path, monkeypatch):
@@ -207,3 +216,26 @@ def test_sha256_of_a_file_larger_than_one_read(tmp_path):
     data = np.random.default_rng(0).integers(0, 256, (3 << 20) + 5, dtype=np.uint8).tobytes()
     (tmp_path / 'big.bin').write_bytes(data)
     assert weights.sha256_of(str(tmp_path / 'big.bin')) == hashlib.sha256(data).hexdigest()
+
+
+def test_processes_that_need_the_weights_at_once_download_them_once(server, tmp_path):
+    """Two callers at the same time (as the ranks of a multi-GPU run): one download, one file."""
+    server.slow = True
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(resolve_weights('davis', progress=False))
+        except Exception as e:       # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert results == [cached(tmp_path)] * 2
+    assert server.requests == [None]
+    with open(cached(tmp_path), 'rb') as f:
+        assert f.read() == PAYLOAD

@@ -1,11 +1,13 @@
 """Published RMNet weights by name: downloaded once into a cache folder, checked on every use.
 
 The cache folder is $RMNET_CACHE, or ~/.cache/rmnet. Downloads go to <file>.part and resume
-from there (HTTP Range) after an interruption. No checksums were published, so the size and
-sha256 of the first copy that loads as an RMNet checkpoint are recorded in <file>.json and
-compared on later uses. A file that differs from its record is refused: when it does not load the
+from there (HTTP Range) after an interruption; processes that need the same file at once take
+turns (<file>.lock), so one downloads and the others find the file. No checksums were
+published, so the size and sha256 of the first copy that loads as an RMNet checkpoint are
+recorded in <file>.json and compared on later uses. A file that differs from its record is refused: when it does not load the
 message says how to fetch it again, when it loads only the record is to be removed.
 """
+import contextlib
 import hashlib
 import http.client
 import json
@@ -14,12 +16,17 @@ import os
 import re
 import urllib.error
 import urllib.request
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 from tqdm import tqdm
 
 from utils.checkpoint import CheckpointError, NETWORK_KEYS, read_checkpoint, require_state_dict
 from utils.io import atomic_write
+
+try:
+    import fcntl
+except ImportError:     # Windows
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +67,30 @@ def resolve_weights(name_or_path: str, progress: bool = True) -> str:
     file_name, url = PUBLISHED[key]
     path = os.path.join(cache_dir(), file_name)
     if not os.path.isfile(path):
-        logger.info('downloading the %s weights from %s to %s', key, url, path)
-        download(url, path, name=key, progress=progress)
+        with download_lock(path):
+            if not os.path.isfile(path):        # another process may have fetched it meanwhile
+                logger.info('downloading the %s weights from %s to %s', key, url, path)
+                download(url, path, name=key, progress=progress)
     check_record(path, url)
     return path
+
+
+@contextlib.contextmanager
+def download_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on <path>.lock: processes that need the same weights at once
+    (the ranks of a multi-GPU run) download them one at a time, into one <path>.part. The
+    operating system releases the lock when its holder ends, killed or not. Where fcntl is
+    missing (Windows) there is no lock."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(path + '.lock', 'a') as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def _where_to_put(name: str, url: str, path: str) -> str:
