@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from config import cfg as default_cfg
-from utils.io import DataError, TEMPORARY_PREFIX, temporary_path
+from utils.io import HOST_TAG, DataError, TEMPORARY_PREFIX, temporary_path
 from utils.output_safety import (check_name, check_output_folder, check_user_video_output,
                                  clear_user_video_outputs, dataset_folders, remove_stale_temporaries)
 
@@ -80,9 +80,13 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
                           text=True, check=True)
     dead_pid = int(dead.stdout)
     os.makedirs(tmp_path / 'seq')
-    stale = tmp_path / 'seq' / f'{TEMPORARY_PREFIX}{dead_pid}-00001.abc.png'
+    stale = tmp_path / 'seq' / f'{TEMPORARY_PREFIX}{HOST_TAG}-{dead_pid}-00001.abc.png'
     stale.write_bytes(b'half')
+    other_host = 'ffffffff' if HOST_TAG != 'ffffffff' else '00000000'
+    elsewhere = tmp_path / 'seq' / f'{TEMPORARY_PREFIX}{other_host}-{dead_pid}-00003.abc.png'
+    elsewhere.write_bytes(b'being written on another host')
     live = temporary_path(str(tmp_path / 'seq' / '00002.png'))
+    assert os.path.basename(live).startswith(f'{TEMPORARY_PREFIX}{HOST_TAG}-{os.getpid()}-00002.')
     (tmp_path / 'seq' / '00000.png').write_bytes(b'result')
     assert remove_stale_temporaries(str(tmp_path)) == [str(stale)]
-    assert sorted(os.listdir(tmp_path / 'seq')) == sorted(['00000.png', os.path.basename(live)])
+    assert sorted(os.listdir(tmp_path / 'seq')) == sorted(['00000.png', elsewhere.name, os.path.basename(live)])

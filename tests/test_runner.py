@@ -17,7 +17,7 @@ import runner
 from clips import SIZE, davis_root, frame_folder, read_ids, restore_cfg, two_object_clip  # noqa: F401
 from conftest import ROOT
 from config import cfg
-from utils.io import TEMPORARY_PREFIX, write_palette_mask
+from utils.io import HOST_TAG, TEMPORARY_PREFIX, write_palette_mask
 
 
 @pytest.fixture(scope='module')
@@ -271,7 +271,7 @@ def test_reusing_an_own_video_output_needs_overwrite(tmp_path, clip, mask, synth
     before = tree(str(out))
     expect_error(capsys, own_video(two, mask, synth_checkpoint, str(out)), str(out), 'not empty', '--overwrite')
     assert tree(str(out)) == before
-    stale = out / 'masks' / f'{TEMPORARY_PREFIX}999999999-00007.x.png'
+    stale = out / 'masks' / f'{TEMPORARY_PREFIX}{HOST_TAG}-999999999-00007.x.png'
     stale.write_bytes(b'left by a killed run')
     assert runner.main(own_video(two, mask, synth_checkpoint, str(out), '--overwrite', '--binary')) == 0
     assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png']

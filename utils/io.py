@@ -1,11 +1,13 @@
 """Reading and writing frames, palette masks and Middlebury .flo flows.
 
 Every file is written atomically: into a hidden temporary file beside it (named with
-TEMPORARY_PREFIX and the writing process's id), then renamed into place with the mode the umask
-asks for. A failed write removes the temporary file and raises WriteError naming the file;
+TEMPORARY_PREFIX, a tag of the host and the writing process's id), then renamed into place with
+the mode the umask asks for. A failed write removes the temporary file and raises WriteError naming the file;
 utils.output_safety.remove_stale_temporaries clears what a killed process left behind.
 """
+import hashlib
 import os
+import socket
 import stat
 import tempfile
 from typing import Callable, Optional
@@ -17,6 +19,7 @@ from utils.cli import UserError, describe_os_error
 
 FLO_MAGIC = 202021.25  # b'PIEH' read as a little-endian float32
 TEMPORARY_PREFIX = '.rmnet-partial-'
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]   # process ids are per host
 SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 
 
@@ -62,11 +65,11 @@ def _umask() -> int:
 
 def temporary_path(path: str) -> str:
     """Create and return an empty hidden temporary file beside `path` (same extension), named
-    with TEMPORARY_PREFIX and this process's id."""
+    <TEMPORARY_PREFIX><HOST_TAG>-<process id>-<stem>.<random><extension>."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     stem, extension = os.path.splitext(os.path.basename(path))
-    handle, temporary = tempfile.mkstemp(prefix=f'{TEMPORARY_PREFIX}{os.getpid()}-{stem}.',
+    handle, temporary = tempfile.mkstemp(prefix=f'{TEMPORARY_PREFIX}{HOST_TAG}-{os.getpid()}-{stem}.',
                                          suffix=extension, dir=folder)
     os.close(handle)
     return temporary

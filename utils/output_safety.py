@@ -5,8 +5,8 @@
 - Names read from split files and meta.json become path components: they must be plain names.
 - A benchmark split writes into a fresh or empty folder. A user's video too, or, with
   overwrite, it replaces only the outputs of an earlier run there (USER_VIDEO_OUTPUTS).
-- Temporary files left by a killed process (utils.io.TEMPORARY_PREFIX) are removed at the next
-  start.
+- Temporary files left by a killed process of this host (utils.io.TEMPORARY_PREFIX) are removed
+  at the next start; those of other hosts sharing the folder are left to their own.
 """
 import contextlib
 import logging
@@ -15,13 +15,13 @@ import re
 import shutil
 from typing import Dict, Iterator, List, Sequence
 
-from utils.io import TEMPORARY_PREFIX, DataError
+from utils.io import HOST_TAG, TEMPORARY_PREFIX, DataError
 
 logger = logging.getLogger(__name__)
 
 DATASET_FOLDER_KEYS = re.compile(r'(.*_)?ROOT|IMAGE_DIR|MASK_DIR')
 USER_VIDEO_OUTPUTS = ('masks', 'binary', 'overlay.mp4', 'overlay.avi')
-_TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r'(\d+)-')
+_TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r'([0-9a-f]{8})-(\d+)-')
 
 
 def dataset_folders(cfg) -> Dict[str, str]:
@@ -142,15 +142,17 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str) -> List[str]:
-    """Delete the temporary files under `folder` whose writing process no longer runs (a kill -9
-    or a power cut); return their paths."""
+    """Delete the temporary files under `folder` written on this host by a process that no longer
+    runs (a kill -9 or a power cut); return their paths. A process id says nothing about another
+    host's processes, so their files are kept."""
     removed = []
     if not os.path.isdir(folder):
         return removed
     for parent, _, names in os.walk(folder):
         for name in names:
             match = _TEMPORARY.match(name)
-            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            if (match and match.group(1) == HOST_TAG and int(match.group(2)) != os.getpid()
+                    and not _alive(int(match.group(2)))):
                 path = os.path.join(parent, name)
                 try:
                     os.remove(path)
