@@ -147,15 +147,13 @@ def configure(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Dispatch to the job the options ask for."""
-    from core.streaming import experiment_dir
-
     if args.benchmark is not None:
         from tools.benchmark import main as benchmark_main
         benchmark_main(args.benchmark)
     elif args.video is not None:
         from core.inference import segment_user_video
         segment_user_video(cfg, args.video, args.mask, weights=cfg.CONST.WEIGHTS or 'davis',
-                           out_dir=args.output or experiment_dir(cfg), short_side=args.size,
+                           out_dir=args.output, short_side=args.size,
                            binary=args.binary, resize_mask=args.resize_mask, overwrite=args.overwrite)
     elif args.test or args.inference:
         weights = cfg.CONST.WEIGHTS
@@ -168,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
         else:
             from core.inference import inference_net as job_net
         job_net(cfg, weights, dataset=args.dataset, split=args.split,
-                out_dir=args.output or experiment_dir(cfg), short_side=args.size)
+                out_dir=args.output, short_side=args.size)
     else:
         from core.train import train_net
         train_net(cfg, resume=args.resume)

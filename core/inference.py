@@ -108,7 +108,17 @@ def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str 
     `overwrite`, which replaces only an earlier run's outputs there. The networks run at short
     side `short_side` (None: cfg.TEST.VIDEO_SHORT_SIDE; 0: the input size); outputs keep the
     input size."""
+    claimed = not out_dir                    # a new folder for this run
     out_dir = check_output_folder(cfg, out_dir or experiment_dir(cfg))
+    with removed_if_left_empty(out_dir, existed=False if claimed else None):
+        return _segment_user_video(cfg, video, masks, weights, out_dir, short_side, binary, resize_mask,
+                                   overwrite)
+
+
+def _segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str, out_dir: str,
+                        short_side: Optional[int], binary: bool, resize_mask: bool,
+                        overwrite: bool) -> Dict[str, Any]:
+    """segment_user_video into the checked `out_dir`."""
     source = open_frames(video)
     specs = [parse_mask_spec(spec) if isinstance(spec, str) else spec for spec in masks]
     check_user_video_output(out_dir, overwrite, [source.path] + [path for _, path in specs])
@@ -119,14 +129,13 @@ def segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str 
     if short_side is None:
         short_side = int(cfg.TEST.VIDEO_SHORT_SIDE)
     net_height, net_width = network_size(*source.size, short_side)
-    with removed_if_left_empty(out_dir):
-        prepare_output_dir(out_dir)
-        segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
-        logger.info('%s: %s frames of %dx%d, %d object(s) (ids %s)', source.path, len(source),
-                    source.size[1], source.size[0], given.n_objects, ', '.join(map(str, given.labels)))
-        if overwrite:
-            clear_user_video_outputs(out_dir)
-        summary = _write_user_outputs(segmenter, source, given, objects, out_dir, binary)
+    prepare_output_dir(out_dir)
+    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
+    logger.info('%s: %s frames of %dx%d, %d object(s) (ids %s)', source.path, len(source),
+                source.size[1], source.size[0], given.n_objects, ', '.join(map(str, given.labels)))
+    if overwrite:
+        clear_user_video_outputs(out_dir)
+    summary = _write_user_outputs(segmenter, source, given, objects, out_dir, binary)
     where = f'masks in {summary["masks"]}, overlay {summary["overlay"]}'
     if binary:
         where += f', binary masks in {summary["binary"]}'

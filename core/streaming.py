@@ -12,7 +12,7 @@ import numpy as np
 from core.segmenter import VideoSegmenter
 from models.object_manager import ObjectManager
 from utils.io import DataError
-from utils.output_safety import remove_stale_temporaries
+from utils.output_safety import check_output_folder, claim_new_folder, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +23,12 @@ def timestamp() -> str:
 
 
 def experiment_dir(cfg) -> str:
-    """cfg.DIR.OUT_PATH/<cfg.CONST.EXP_NAME>, or a timestamp when no experiment name is set."""
-    return os.path.join(cfg.DIR.OUT_PATH, cfg.CONST.EXP_NAME or timestamp())
+    """cfg.DIR.OUT_PATH/<cfg.CONST.EXP_NAME>; without a name, a new folder named by the current
+    time and created here (<time>-2, -3, ... when another run took that name), so that runs
+    started in the same second never share one. Call it in one process of a multi-GPU job."""
+    if cfg.CONST.EXP_NAME:
+        return os.path.join(cfg.DIR.OUT_PATH, cfg.CONST.EXP_NAME)
+    return claim_new_folder(check_output_folder(cfg, os.path.join(cfg.DIR.OUT_PATH, timestamp())))
 
 
 def prepare_output_dir(path: str) -> str:

@@ -39,7 +39,8 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     shard = setup_distributed()
     all_videos = benchmark_videos(cfg, dataset, split)
     videos = all_videos[shard.rank::shard.world_size]
-    out_dir = check_output_folder(cfg, broadcast_object(shard, out_dir or experiment_dir(cfg)))
+    out_dir = check_output_folder(cfg, broadcast_object(shard, out_dir or (experiment_dir(cfg) if shard.is_main
+                                                                           else None)))
     problem = None
     if shard.is_main:                      # before any process writes there
         try:

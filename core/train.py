@@ -669,7 +669,7 @@ def train_net(cfg, weights: Optional[str] = None, resume: Optional[str] = None,
     weights = weights or cfg.CONST.WEIGHTS or None
     resume = resume or cfg.TRAIN.RESUME or None
     dist_info = setup_distributed()
-    out_dir = broadcast_object(dist_info, out_dir or experiment_dir(cfg))
+    out_dir = broadcast_object(dist_info, out_dir or (experiment_dir(cfg) if dist_info.is_main else None))
     problem = None
     if dist_info.is_main:                  # before any rank writes (rank 0 opens the logs)
         try:

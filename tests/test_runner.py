@@ -296,6 +296,10 @@ def test_a_failed_own_video_run_leaves_no_empty_folder(tmp_path, video, mask, ca
     out = tmp_path / 'runs' / 'new'
     expect_error(capsys, own_video(video, mask, str(tmp_path / 'absent.pth'), str(out)), 'absent.pth')
     assert not os.path.exists(out)
+    # the default, timestamped folder too
+    expect_error(capsys, ['--inference', '--video', video, '--mask', mask, '--weights', str(tmp_path / 'absent.pth'),
+                          '--size', '0', '--set', 'DIR.OUT_PATH', str(tmp_path / 'runs')], 'absent.pth')
+    assert os.listdir(tmp_path / 'runs') == []
 
 
 @pytest.mark.parametrize('argv, fragment', [

@@ -23,3 +23,41 @@ def test_frames_come_back_with_their_masks_and_the_length_is_known():
     segmenter = RecordingSegmenter()
     assert len(list(segment_stream(segmenter, iter(frames), objects=None))) == 4
     assert segmenter.length is None
+
+
+def test_runs_without_a_name_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    import copy
+    import os
+
+    import core.streaming as streaming
+    from config import cfg as global_cfg
+    cfg = copy.deepcopy(global_cfg)
+    cfg.DIR.OUT_PATH = str(tmp_path / 'output')
+    cfg.CONST.EXP_NAME = ''
+    monkeypatch.setattr(streaming, 'timestamp', lambda: '2026-12-01_10-00-00')
+    first, second = streaming.experiment_dir(cfg), streaming.experiment_dir(cfg)
+    assert first == str(tmp_path / 'output' / '2026-12-01_10-00-00')
+    assert second == first + '-2'
+    assert os.path.isdir(first) and os.path.isdir(second)
+    cfg.CONST.EXP_NAME = 'named'
+    assert streaming.experiment_dir(cfg) == str(tmp_path / 'output' / 'named')
+    assert not os.path.exists(tmp_path / 'output' / 'named')      # a named run's folder is checked later
+
+
+def test_no_default_folder_is_created_inside_a_dataset(tmp_path):
+    import copy
+    import os
+
+    import pytest
+
+    from config import cfg as global_cfg
+    from core.streaming import experiment_dir
+    from utils.io import DataError
+    cfg = copy.deepcopy(global_cfg)
+    cfg.DATASETS.DAVIS.ROOT = str(tmp_path / 'DAVIS')
+    os.makedirs(cfg.DATASETS.DAVIS.ROOT)
+    cfg.DIR.OUT_PATH = os.path.join(cfg.DATASETS.DAVIS.ROOT, 'results')
+    cfg.CONST.EXP_NAME = ''
+    with pytest.raises(DataError, match='lies inside the dataset folder'):
+        experiment_dir(cfg)
+    assert os.listdir(cfg.DATASETS.DAVIS.ROOT) == []

@@ -9,11 +9,12 @@
   at the next start; those of other hosts sharing the folder are left to their own.
 """
 import contextlib
+import itertools
 import logging
 import os
 import re
 import shutil
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from utils.io import HOST_TAG, TEMPORARY_PREFIX, DataError
 
@@ -119,10 +120,27 @@ def _user_video_outputs(out_dir: str) -> List[str]:
     return [os.path.join(out_dir, name) for name in USER_VIDEO_OUTPUTS]
 
 
+def claim_new_folder(path: str) -> str:
+    """Create and return a folder that did not exist: `path`, else `path`-2, -3, ... (os.mkdir
+    either creates a folder or fails, so two processes never claim the same one)."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        for n in itertools.count(1):
+            candidate = path if n == 1 else f'{path}-{n}'
+            try:
+                os.mkdir(candidate)
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise DataError(f'{path}: the output folder cannot be created ({e.strerror or e})') from e
+
+
 @contextlib.contextmanager
-def removed_if_left_empty(folder: str) -> Iterator[None]:
-    """Run the block; if it fails and `folder`, absent before, is still empty, remove it."""
-    existed = os.path.isdir(folder)
+def removed_if_left_empty(folder: str, existed: Optional[bool] = None) -> Iterator[None]:
+    """Run the block; if it fails and `folder`, absent before (or `existed` False: created for
+    this run), is still empty, remove it."""
+    existed = os.path.isdir(folder) if existed is None else existed
     try:
         yield
     except BaseException:
