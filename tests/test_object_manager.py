@@ -88,3 +88,26 @@ def test_present_channels():
     masks[1, 3, 0, 0] = 0.6
     masks[1, 0, 0, 0] = 0.4
     assert present_channels(masks).tolist() == [[True, False, True, False], [True, False, False, True]]
+
+
+def test_object_index_lists_batch_item_and_channel_of_every_object():
+    from models.object_manager import ObjectIndex
+    index = ObjectIndex.from_counts([2, 0, 3], torch.device('cpu'))
+    assert index.batch.tolist() == [0, 0, 2, 2, 2]
+    assert index.channel.tolist() == [1, 2, 1, 2, 3]
+    assert index.counts == [2, 0, 3] and index.counts_tensor.tolist() == [2, 0, 3]
+    assert len(index) == 5
+    assert index.channel_in_use(4).tolist() == [[True, True, True, False], [True, False, False, False],
+                                                [True, True, True, True]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_object_index_reaches_the_gpu_without_waiting_for_it():
+    from models.object_manager import ObjectIndex
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        index = ObjectIndex.from_counts([1, 2], torch.device('cuda'))
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert index.batch.tolist() == [0, 1, 1] and index.channel.tolist() == [1, 1, 2]
