@@ -5,6 +5,8 @@ The network knows nothing about videos: it offers the per-frame steps (`memorize
 models.recurrence; `RMNet.forward` is the published entry point and runs that loop over a
 whole clip.
 """
+import functools
+import operator
 from typing import Optional, Tuple
 
 import torch
@@ -232,7 +234,9 @@ class RMNet(torch.nn.Module):
         height, width = fg_probs.shape[-2:]
         probs = fg_probs.new_zeros(batch, n_channels, height, width)
         probs = probs.index_put((objects.batch, objects.channel), fg_probs)
-        background = torch.prod(1 - probs[:, 1:], dim=1, keepdim=True)
+        # the product over the objects as a chain of multiplications: torch.prod's gradient
+        # counts zero factors on the host, a wait for the GPU in every training step
+        background = functools.reduce(operator.mul, (1 - probs[:, 1:]).unbind(dim=1))[:, None]
         probs = torch.cat([background, probs[:, 1:]], dim=1).clamp(1e-7, 1 - 1e-7)
         return unpad(torch.log(probs / (1 - probs)), pad)
 

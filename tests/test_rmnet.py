@@ -117,3 +117,35 @@ def test_forward_encodes_the_queries_of_a_clip_together_with_the_same_result():
     assert torch.allclose(together, alone, atol=1e-6)
     assert grad_together.abs().max() > 0
     assert torch.allclose(grad_together, grad_alone, rtol=1e-4, atol=1e-6)
+
+
+def test_soft_aggregation_value_and_gradient_equal_the_product_over_objects():
+    """The background is prod_k (1 - p_k); with a zero factor (p = 1) the gradient stays exact."""
+    objects = ObjectIndex.from_counts([3, 1], torch.device('cpu'))
+    fg = torch.rand(4, 5, 6, generator=torch.Generator().manual_seed(2))
+    fg[0, 0, 0] = 1.0
+    fg.requires_grad_(True)
+    logits = RMNet.aggregate(fg, objects, n_channels=4, pad=(0, 0, 0, 0))
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(3))
+    (logits * weights).sum().backward()
+    reference_fg = fg.detach().clone().requires_grad_(True)
+    probs = torch.zeros(2, 4, 5, 6).index_put((objects.batch, objects.channel), reference_fg)
+    background = torch.prod(1 - probs[:, 1:], dim=1, keepdim=True)
+    probs = torch.cat([background, probs[:, 1:]], dim=1).clamp(1e-7, 1 - 1e-7)
+    (torch.log(probs / (1 - probs)) * weights).sum().backward()
+    assert torch.allclose(logits, torch.log(probs / (1 - probs)), atol=1e-5)
+    assert torch.allclose(fg.grad, reference_fg.grad, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_soft_aggregation_gradient_does_not_synchronise_on_the_gpu():
+    objects = ObjectIndex.from_counts([2, 1], torch.device('cuda'))
+    fg = torch.rand(3, 8, 8, device='cuda', requires_grad=True)
+    logits = RMNet.aggregate(fg, objects, n_channels=4, pad=(0, 0, 0, 0))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        logits.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert torch.isfinite(fg.grad).all()
