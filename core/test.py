@@ -39,15 +39,14 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     shard = setup_distributed()
     all_videos = benchmark_videos(cfg, dataset, split)
     videos = all_videos[shard.rank::shard.world_size]
-    out_dir = check_output_folder(cfg, broadcast_object(shard, out_dir or (experiment_dir(cfg) if shard.is_main
-                                                                           else None)))
     problem = None
-    if shard.is_main:                      # before any process writes there
+    if shard.is_main:                      # one process names the folder, before any writes there
         try:
+            out_dir = check_output_folder(cfg, out_dir or experiment_dir(cfg))
             check_empty_output(out_dir)
         except DataError as e:
             problem = str(e)
-    problem = broadcast_object(shard, problem)
+    out_dir, problem = broadcast_object(shard, (out_dir, problem))
     if problem is not None:
         raise DataError(problem)
     out_dir = prepare_output_dir(out_dir)

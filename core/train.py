@@ -669,14 +669,14 @@ def train_net(cfg, weights: Optional[str] = None, resume: Optional[str] = None,
     weights = weights or cfg.CONST.WEIGHTS or None
     resume = resume or cfg.TRAIN.RESUME or None
     dist_info = setup_distributed()
-    out_dir = broadcast_object(dist_info, out_dir or (experiment_dir(cfg) if dist_info.is_main else None))
     problem = None
-    if dist_info.is_main:                  # before any rank writes (rank 0 opens the logs)
+    if dist_info.is_main:                  # rank 0 names the folder, before any rank writes
         try:
+            out_dir = out_dir or experiment_dir(cfg)
             check_run_folder(cfg, out_dir, resume)
         except UserError as e:
             problem = str(e)
-    problem = broadcast_object(dist_info, problem)
+    out_dir, problem = broadcast_object(dist_info, (out_dir, problem))
     if problem is not None:
         raise TrainingError(problem)
     trainer = Trainer(cfg, out_dir, weights=weights, resume=resume, dist_info=dist_info)
