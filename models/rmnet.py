@@ -236,7 +236,8 @@ class RMNet(torch.nn.Module):
         probs = probs.index_put((objects.batch, objects.channel), fg_probs)
         # the product over the objects as a chain of multiplications: torch.prod's gradient
         # counts zero factors on the host, a wait for the GPU in every training step
-        background = functools.reduce(operator.mul, (1 - probs[:, 1:]).unbind(dim=1))[:, None]
+        background = functools.reduce(operator.mul, (1 - probs[:, 1:]).unbind(dim=1),
+                                      torch.ones_like(probs[:, 0]))[:, None]
         probs = torch.cat([background, probs[:, 1:]], dim=1).clamp(1e-7, 1 - 1e-7)
         return unpad(torch.log(probs / (1 - probs)), pad)
 

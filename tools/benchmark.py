@@ -110,6 +110,7 @@ def path_cfg(path: str, scales: List[float], flip: bool, max_memory_frames: int)
 def run_once(tflownet, rmnet, frames, first_mask, cfg) -> Dict[str, float]:
     import torch
     from core.segmenter import VideoSegmenter
+    from models.packed_memory import PackedMemoryBank
     segmenter = VideoSegmenter(None, 'cuda', cfg=cfg, tflownet=tflownet, rmnet=rmnet)
     for _ in segmenter.segment(frames.head(6), first_mask):   # warm-up: kernels, autotuning, graphs
         pass
@@ -124,7 +125,7 @@ def run_once(tflownet, rmnet, frames, first_mask, cfg) -> Dict[str, float]:
     elapsed = time.perf_counter() - start
     assert n_masks == len(frames)
     memory = segmenter.branches[1][0].recurrence.memory
-    region = memory.region_fraction() if hasattr(memory, 'region_fraction') else 1.0
+    region = memory.region_fraction() if isinstance(memory, PackedMemoryBank) else None   # dense: no boxes kept
     return {'fps': len(frames) / elapsed, 'region_fraction': region,
             'peak_gib': torch.cuda.max_memory_allocated() / 2 ** 30,
             'peak_above_weights_gib': (torch.cuda.max_memory_allocated() - base) / 2 ** 30}
@@ -239,7 +240,8 @@ def benchmark_clips(args, tflownet, rmnet, results) -> None:
                 measured = run_once(tflownet, rmnet, frames, first_mask, cfg)
                 results['runs'].append({'frames': n_frames, 'objects': n_objects, 'path': path, **measured})
                 row += f'{measured["fps"]:>15.1f} {measured["peak_gib"]:>6.2f} '
-                region = measured['region_fraction']
+                if measured['region_fraction'] is not None:
+                    region = measured['region_fraction']
             print(row + ('       -' if region is None else f'  {region:6.0%}'), flush=True)
 
 
