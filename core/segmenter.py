@@ -56,24 +56,31 @@ def network_size(height: int, width: int, short_side: Optional[int]) -> Tuple[in
 
 
 class _FrameInput:
-    """Frames to the device (on a GPU through alternating pinned buffers), normalised at the
-    network size."""
+    """Frames to the device (on a GPU through alternating pinned buffers, kept from one video
+    to the next of the same frame size), normalised at the network size."""
 
-    def __init__(self, device: torch.device, size: Tuple[int, int], mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, device: torch.device, mean: torch.Tensor, std: torch.Tensor):
         self.device = device
-        self.size = size
         self.mean, self.std = mean, std
+        self.shape: Optional[Tuple[int, ...]] = None
+        self.size: Optional[Tuple[int, int]] = None
         self.pinned: List[torch.Tensor] = []
         self.events: List[Optional[torch.cuda.Event]] = []
         self.raw: Optional[torch.Tensor] = None
+
+    def start(self, frame_shape: Tuple[int, ...], size: Tuple[int, int]) -> None:
+        """A new video whose frames have `frame_shape`, seen by the networks at `size`."""
+        if tuple(frame_shape) != self.shape:
+            self.pinned, self.events, self.raw = [], [], None
+        self.shape, self.size = tuple(frame_shape), tuple(size)
 
     def upload(self, frame: np.ndarray) -> None:
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise SegmentationError(f'frames must be HxWx3 uint8 RGB arrays, got {frame.dtype} {frame.shape}')
-        if self.raw is not None and tuple(frame.shape) != tuple(self.raw.shape):
+        if tuple(frame.shape) != self.shape:
             raise SegmentationError(f'frame size {frame.shape[1]}x{frame.shape[0]} differs from the first '
-                                    f'frame ({self.raw.shape[1]}x{self.raw.shape[0]})')
+                                    f'frame ({self.shape[1]}x{self.shape[0]})')
         if self.device.type != 'cuda':
             self.raw = torch.from_numpy(frame)
             return
@@ -123,6 +130,8 @@ class VideoSegmenter:
             raise SegmentationError(f'TEST.PRECISION must be one of {PRECISIONS}, got {self.precision!r}')
         self.tflownet.to(self.device).eval()
         self.rmnet.to(self.device).eval()
+        if self.device.type == 'cuda':
+            self.rmnet.load_ops()
         self.memorize_every = int(test.MEMORIZE_EVERY)
         self.max_memory_frames = int(test.MAX_MEMORY_FRAMES)
         self.regional_read = bool(test.REGIONAL_READ)
@@ -142,6 +151,8 @@ class VideoSegmenter:
         self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self.pending: List[Tuple[int, np.ndarray, Optional[int]]] = []
         self.segmenting = False
+        self.frame_input = _FrameInput(self.device, self.mean, self.std)
+        self.mask_buffers: List[torch.Tensor] = []      # pinned, for the downloads of the id masks
         self.branches: Tuple[Optional[tuple], List[ScaleBranch]] = (None, [])
 
     def add_object(self, frame_index: int, mask: np.ndarray, object_id: Optional[int] = None) -> None:
@@ -174,15 +185,14 @@ class VideoSegmenter:
         """Yield an (H, W) uint8 id mask for every frame. first_mask: the (H, W) ids of frame 0,
         or an ObjectManager that also holds the objects appearing later."""
         pending: Optional[Tuple[torch.Tensor, Optional[torch.cuda.Event]]] = None
-        buffers: List[torch.Tensor] = []
         for t, (probs, channel_ids) in enumerate(self._propagate(frames, first_mask)):
             ids = channel_ids[probs.argmax(dim=0)]
             if self.device.type != 'cuda':
                 yield ids.numpy()
                 continue
-            if not buffers:
-                buffers = [torch.empty(ids.shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
-            host = buffers[t % 2]
+            if t == 0 and (not self.mask_buffers or self.mask_buffers[0].shape != ids.shape):
+                self.mask_buffers = [torch.empty(ids.shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
+            host = self.mask_buffers[t % 2]
             host.copy_(ids, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
@@ -206,7 +216,7 @@ class VideoSegmenter:
         if mask.shape != tuple(frame_size):
             raise SegmentationError(f'mask size {mask.shape[1]}x{mask.shape[0]} differs from the '
                                     f'frame size {frame_size[1]}x{frame_size[0]}')
-        channels = lookup[torch.from_numpy(mask.astype(np.int64)).to(self.device)]
+        channels = lookup[torch.from_numpy(np.ascontiguousarray(mask)).to(self.device).long()]
         one_hot = F.one_hot(channels, n_channels).permute(2, 0, 1)[None].float()
         if tuple(net_size) != tuple(frame_size):
             one_hot = F.interpolate(one_hot, size=tuple(net_size), mode='nearest')
@@ -239,6 +249,10 @@ class VideoSegmenter:
         return branches
 
     def _propagate(self, frames: Iterable[np.ndarray], first_mask: Union[np.ndarray, ObjectManager]):
+        if self.segmenting:
+            raise SegmentationError('this segmenter is still segmenting another video (its buffers and '
+                                    'CUDA graphs serve one video at a time): finish or close that one '
+                                    'first, or use one VideoSegmenter per video segmented at once')
         objects = self.objects_of(first_mask)
         # the published loop carries N_MAX_OBJECTS + 1 channels; the fast path only the video's
         # objects (the absent channels change the softmax by about 1e-7)
@@ -246,15 +260,15 @@ class VideoSegmenter:
         lookup = torch.from_numpy(objects.channel_lookup()).to(self.device)
         channel_ids = torch.from_numpy(objects.channel_ids(n_channels)).to(self.device)
         expected = len(frames) if hasattr(frames, '__len__') else None
-        frame_input, branches = None, []
+        frame_input, branches = self.frame_input, []
         self.segmenting = True
         try:
             with self._precision_context():
                 for t, frame in enumerate(frames):
-                    if frame_input is None:
+                    if t == 0:
                         frame_size = np.asarray(frame).shape[:2]
                         net_size = network_size(*frame_size, self.short_side)
-                        frame_input = _FrameInput(self.device, net_size, self.mean, self.std)
+                        frame_input.start(np.asarray(frame).shape, net_size)
                         branches = self._branches(len(objects), n_channels, expected, net_size)
                     frame_input.upload(frame)
                     x = self._channels_last(frame_input.normalised())

@@ -90,16 +90,19 @@ class SplitSpeed:
         self.frames = 0
         self.inside_frames = 0
         self.inside_seconds = 0.0
+        self.first_video_seconds: Optional[float] = None   # its setup (compilation, capture) included
 
     def timed(self, stream: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Pass a video's (frame, ids) stream through, timing it."""
-        first, n_frames = None, 0
+        begun, first, n_frames = time.perf_counter(), None, 0
         for item in stream:
             if first is None:
                 first = time.perf_counter()
             n_frames += 1
             yield item
         self.frames += n_frames
+        if self.first_video_seconds is None:
+            self.first_video_seconds = time.perf_counter() - begun
         if first is not None and n_frames > 1:
             self.inside_frames += n_frames - 1
             self.inside_seconds += time.perf_counter() - first
@@ -110,5 +113,6 @@ class SplitSpeed:
     def summary(self) -> str:
         elapsed = max(self.elapsed(), 1e-9)
         inside = self.inside_frames / max(self.inside_seconds, 1e-9)
+        first = '' if self.first_video_seconds is None else f'; the first video {self.first_video_seconds:.1f} s'
         return (f'{self.frames} frames: {inside:.1f} frames/s inside the videos, {self.frames / elapsed:.1f} '
-                f'frames/s over the split ({elapsed:.1f} s, per-video setup included)')
+                f'frames/s over the split ({elapsed:.1f} s, per-video setup included{first})')

@@ -158,7 +158,7 @@ class TrainingStep:
     def losses(self, batch: Dict[str, Any]) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
         """The loss terms of one batch and, for RMNet, its probabilities."""
         self.mark('forward')
-        frames, labels = self.to_device(batch, 'frames'), self.to_device(batch, 'labels')
+        frames, labels = self.to_device(batch, 'frames'), self.to_device(batch, 'labels').long()
         flows = self.to_device(batch, 'flows')
         ignore_index = self.cfg.CONST.IGNORE_IDX
         if self.network_name == 'TinyFlowNet':
@@ -382,7 +382,7 @@ class Trainer:
             batches = []
             for batch, _ in zip(self.loader, range(n_batches)):
                 frames = batch['frames'][:, 0].to(self.dist.device)
-                masks = batch['masks'][:, 0, 1:2].to(self.dist.device)
+                masks = batch['masks'][:, 0, 1:2].to(self.dist.device).float()
                 batches.append((frames, masks))
             calibrate_random_rmnet(self.rmnet, batches)
             logger.info('Calibrated the random RMNet on %d training batches', len(batches))

@@ -1,9 +1,72 @@
-"""Folding eval-mode BatchNorm into the convolution before it (inference only)."""
+"""Preparing the encoders for inference: eval-mode BatchNorm folded into the convolution
+before it, and each ResNet bottleneck's convolutions with their bias, residual addition and
+ReLU done inside one cuDNN call on the GPU (fused epilogue; elsewhere, or where cuDNN has no
+fused kernel, the same operations one after another)."""
 import copy
+import logging
 
 import torch
+import torch.nn.functional as F
+from torchvision.models.resnet import Bottleneck
 
 from models.rmnet import EncoderMemory, RMNet
+
+logger = logging.getLogger(__name__)
+
+
+class ConvReLU(torch.nn.Conv2d):
+    """relu(conv(x) + residual), the residual optional. On CUDA one cuDNN call whose epilogue
+    adds the bias and the residual and applies the ReLU, so no pass over the output follows."""
+
+    fused = True      # cleared (with one warning) when cuDNN refuses the fused call
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor = None) -> torch.Tensor:
+        if x.is_cuda and ConvReLU.fused:
+            try:
+                return self.fused_forward(x, residual)
+            except RuntimeError as e:
+                ConvReLU.fused = False
+                logger.warning('cuDNN cannot fuse bias, residual and ReLU into the convolution (%s); '
+                               'running them one after another', str(e).splitlines()[0])
+        return self.unfused_forward(x, residual)
+
+    def fused_forward(self, x: torch.Tensor, residual: torch.Tensor = None) -> torch.Tensor:
+        x = x.to(self.weight.dtype)
+        arguments = (self.stride, self.padding, self.dilation, self.groups)
+        if residual is None:
+            return torch.cudnn_convolution_relu(x, self.weight, self.bias, *arguments)
+        return torch.cudnn_convolution_add_relu(x, self.weight, residual.to(x.dtype), 1.0, self.bias,
+                                                *arguments)
+
+    def unfused_forward(self, x: torch.Tensor, residual: torch.Tensor = None) -> torch.Tensor:
+        y = super().forward(x)
+        return F.relu(y if residual is None else y + residual)
+
+
+class FoldedBottleneck(torch.nn.Module):
+    """torchvision's Bottleneck with its BatchNorms folded: three ConvReLUs (the last one adds
+    the shortcut before its ReLU) and the shortcut's convolution, when it has one."""
+
+    def __init__(self, block: Bottleneck):
+        super().__init__()
+        self.conv1 = _conv_relu(_fold(block.conv1, block.bn1))
+        self.conv2 = _conv_relu(_fold(block.conv2, block.bn2))
+        self.conv3 = _conv_relu(_fold(block.conv3, block.bn3))
+        self.downsample = None
+        if block.downsample is not None:
+            self.downsample = _fold(block.downsample[0], block.downsample[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.conv3(self.conv2(self.conv1(x)), shortcut)
+
+
+def _conv_relu(conv: torch.nn.Conv2d) -> ConvReLU:
+    fused = ConvReLU(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                     conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                     device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.load_state_dict(conv.state_dict())
+    return fused
 
 
 def _fold(conv: torch.nn.Conv2d, bn: torch.nn.Module, shift: bool = True) -> torch.nn.Conv2d:
@@ -33,8 +96,8 @@ def _scaled_conv(conv: torch.nn.Conv2d, scale: torch.Tensor, shift) -> torch.nn.
 @torch.no_grad()
 def fold_batch_norms(rmnet: RMNet) -> RMNet:
     """A copy of RMNet in which every BatchNorm (in eval mode: a per-channel affine map) is
-    merged into the convolution before it; same function up to rounding, fewer kernels.
-    Folding a folded network changes nothing."""
+    merged into the convolution before it and the bottlenecks are FoldedBottlenecks; same
+    function up to rounding, fewer kernels. Folding a folded network changes nothing."""
     net = copy.deepcopy(rmnet).eval()
     for encoder in (net.encoder_memory, net.encoder_query):
         if isinstance(encoder, EncoderMemory):
@@ -43,11 +106,7 @@ def fold_batch_norms(rmnet: RMNet) -> RMNet:
         encoder.conv1 = _fold(encoder.conv1, encoder.bn1)
         encoder.bn1 = torch.nn.Identity()
         for layer in (encoder.res2, encoder.res3, encoder.res4):
-            for block in layer:
-                for conv_name, bn_name in (('conv1', 'bn1'), ('conv2', 'bn2'), ('conv3', 'bn3')):
-                    setattr(block, conv_name, _fold(getattr(block, conv_name), getattr(block, bn_name)))
-                    setattr(block, bn_name, torch.nn.Identity())
-                if block.downsample is not None:
-                    block.downsample[0] = _fold(block.downsample[0], block.downsample[1])
-                    block.downsample[1] = torch.nn.Identity()
+            for index, block in enumerate(layer):
+                if isinstance(block, Bottleneck):
+                    layer[index] = FoldedBottleneck(block)
     return net

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from extensions.reg_att_map_generator import regional_attention_map
+from extensions.reg_att_map_generator import cuda_kernel_available, regional_attention_map
 from models.object_manager import ObjectIndex
 from models.query_encoding import QueryEncoding
 from models.recurrence import FrameRecurrence
@@ -175,6 +175,12 @@ class RMNet(torch.nn.Module):
         self.region_min_pixels = int(cfg.NETWORK.REGION_MIN_PIXELS)
         self.region_margin = int(cfg.NETWORK.REGION_MARGIN)
         self.use_cuda_ops = bool(cfg.NETWORK.USE_CUDA_OPS)
+
+    def load_ops(self) -> None:
+        """Build or load the CUDA op of the region maps now (part of loading the model), not
+        at the first frame of the first video."""
+        if self.use_cuda_ops:
+            cuda_kernel_available()
 
     def region_map(self, probs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, K, H, W) probabilities -> 0/1 box maps (B, K, H, W) and boxes (B, K, 4)."""

@@ -12,10 +12,10 @@ def test_synthetic_batch_has_the_loader_format():
     batch = synthetic_batch(2, 48, torch.device('cpu'))
     assert batch['frames'].shape == (2, N_FRAMES, 3, 48, 48)
     assert batch['masks'].shape == (2, N_FRAMES, MAX_OBJECTS + 1, 48, 48)
-    assert batch['labels'].dtype == torch.long and batch['n_objects'].tolist() == [N_OBJECTS] * 2
+    assert batch['labels'].dtype == batch['masks'].dtype == torch.uint8 and batch['n_objects'].tolist() == [N_OBJECTS] * 2
     # one-hot masks whose argmax is the label, every object present in every frame
-    assert torch.equal(batch['masks'].sum(2), torch.ones(2, N_FRAMES, 48, 48))
-    assert torch.equal(batch['masks'].argmax(2), batch['labels'])
+    assert torch.equal(batch['masks'].sum(2), torch.ones(2, N_FRAMES, 48, 48, dtype=torch.uint8))
+    assert torch.equal(batch['masks'].argmax(2), batch['labels'].long())
     for b in range(2):
         for t in range(N_FRAMES):
             assert set(batch['labels'][b, t].unique().tolist()) == set(range(N_OBJECTS + 1))

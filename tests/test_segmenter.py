@@ -130,6 +130,29 @@ def test_several_videos_in_a_row_give_the_same_masks(networks, published_clip):
     assert not seg.rmnet.training and next(seg.rmnet.parameters()).dtype == torch.float32
 
 
+
+def test_videos_of_another_size_in_between(networks, published_clip):
+    frames, first_mask = published_clip
+    seg = segmenter(networks)
+    small = [np.ascontiguousarray(frame[::2, ::2]) for frame in frames[:3]]
+    assert [m.shape for m in seg.segment(small, np.ascontiguousarray(first_mask[::2, ::2]))] == [small[0].shape[:2]] * 3
+    again = list(seg.segment(frames[:3], first_mask))
+    fresh = list(segmenter(networks).segment(frames[:3], first_mask))
+    assert all(np.array_equal(a, b) for a, b in zip(again, fresh))
+
+
+def test_one_video_at_a_time_per_segmenter(networks, published_clip):
+    frames, first_mask = published_clip
+    seg = segmenter(networks)
+    running = seg.segment(frames[:3], first_mask)
+    first = next(running)
+    with pytest.raises(SegmentationError, match='still segmenting another video'):
+        next(seg.segment(frames[:3], first_mask))
+    rest = list(running)                       # the first video is not disturbed
+    running.close()
+    assert len(rest) == 2 and len(list(seg.segment(frames[:3], first_mask))) == 3
+    assert np.array_equal(first, list(segmenter(networks).segment(frames[:1], first_mask))[0])
+
 def test_bad_inputs_are_named(networks, published_clip):
     frames, first_mask = published_clip
     seg = segmenter(networks, N_MAX_OBJECTS=1)

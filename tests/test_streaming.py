@@ -1,7 +1,7 @@
 """Frames paired with their masks, and the video's length handed to the segmenter."""
 import numpy as np
 
-from core.streaming import segment_stream
+from core.streaming import SplitSpeed, segment_stream
 
 
 class RecordingSegmenter:
@@ -23,6 +23,20 @@ def test_frames_come_back_with_their_masks_and_the_length_is_known():
     segmenter = RecordingSegmenter()
     assert len(list(segment_stream(segmenter, iter(frames), objects=None))) == 4
     assert segmenter.length is None
+
+
+def test_split_speed_counts_every_frame_and_keeps_the_first_video_apart(monkeypatch):
+    import core.streaming as streaming
+    clock = iter(float(t) for t in range(100))       # each reading of the clock: one second later
+    monkeypatch.setattr(streaming.time, 'perf_counter', lambda: next(clock))
+    speed = SplitSpeed()                             # starts at 0
+    for n_frames in (3, 1, 2):
+        assert len(list(speed.timed(iter(range(n_frames))))) == n_frames
+    assert speed.frames == 6 and speed.inside_frames == 2 + 1      # frame 0 of each video is setup
+    # video 1: begins at 1, first mask at 2, ends at 3 (first video: 2 s) and 4 (inside: 2 s);
+    # video 2 (one frame): nothing inside; video 3: first mask at 8, ends at 9 (inside: 1 s)
+    assert speed.first_video_seconds == 2.0 and speed.inside_seconds == 3.0
+    assert speed.elapsed() == 10.0
 
 
 def test_runs_without_a_name_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):

@@ -255,7 +255,10 @@ def test_pipeline_output_shapes_and_seeded_determinism():
     k = cfg.TRAIN.N_MAX_OBJECTS + 1
     assert out['frames'].shape == (3, 3, 72, 72) and out['frames'].dtype == torch.float32
     assert out['masks'].shape == (3, k, 72, 72) and out['labels'].shape == (3, 72, 72)
-    assert out['labels'].dtype == torch.int64 and out['flows'].shape == (3, 2, 72, 72)
+    assert out['labels'].dtype == out['masks'].dtype == torch.uint8 and out['flows'].shape == (3, 2, 72, 72)
+    valid = out['labels'] != cfg.CONST.IGNORE_IDX         # the one-hot masks of the labels, void all zero
+    assert torch.equal(out['masks'].argmax(1)[valid], out['labels'][valid].long())
+    assert torch.equal(out['masks'].sum(1), valid.to(torch.uint8))
     assert out['n_objects'] == 2
     again = transform(clip, sample_rng(0, 1, 2))
     other = transform(clip, sample_rng(0, 1, 3))

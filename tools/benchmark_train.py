@@ -73,7 +73,7 @@ def synthetic_batch(batch: int, crop: int, device: torch.device, seed: int = 0,
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:crop, :crop].astype(np.float32)
     frames = rng.normal(size=(batch, N_FRAMES, 3, crop, crop)).astype(np.float32)
-    labels = np.zeros((batch, N_FRAMES, crop, crop), dtype=np.int64)
+    labels = np.zeros((batch, N_FRAMES, crop, crop), dtype=np.uint8)
     for b in range(batch):
         centres = rng.uniform(0.3, 0.7, (n_objects, 2)) * crop
         speeds = rng.normal(size=(n_objects, 2)) * crop / 50
@@ -83,7 +83,7 @@ def synthetic_batch(batch: int, crop: int, device: torch.device, seed: int = 0,
                 cx, cy = centres[k] + speeds[k] * t
                 inside = ((xx - cx) / radii[k, 0]) ** 2 + ((yy - cy) / radii[k, 1]) ** 2 <= 1
                 labels[b, t][inside] = k + 1
-    masks = np.eye(MAX_OBJECTS + 1, dtype=np.float32)[labels].transpose(0, 1, 4, 2, 3)
+    masks = np.eye(MAX_OBJECTS + 1, dtype=np.uint8)[labels].transpose(0, 1, 4, 2, 3)
     flows = np.full((batch, N_FRAMES, 2, crop, crop), 0.5, dtype=np.float32)
     flows[:, 0] = 0
     tensors = {'frames': frames, 'masks': masks, 'labels': labels, 'flows': flows}
