@@ -40,7 +40,8 @@ from models.tiny_flownet import TinyFlowNet
 from utils.io import DataError, atomic_write
 from utils.mask_input import GivenMasks, MaskError, parse_mask_spec, read_given_masks
 from utils.output_safety import (check_empty_output, check_output_folder, check_user_video_output,
-                                 clear_user_video_outputs, removed_if_left_empty)
+                                 earlier_user_video_outputs, removed_if_left_empty,
+                                 replace_user_video_outputs, unfinished_run_folder)
 from utils.video_io import FOLDER_FPS, FrameSource, PrefetchReader, VideoWriter, open_frames
 from utils.weights import resolve_weights
 
@@ -133,15 +134,39 @@ def _segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str
     segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
     logger.info('%s: %s frames of %dx%d, %d object(s) (ids %s)', source.path, len(source),
                 source.size[1], source.size[0], given.n_objects, ', '.join(map(str, given.labels)))
-    if overwrite:
-        clear_user_video_outputs(out_dir)
-    summary = _write_user_outputs(segmenter, source, given, objects, out_dir, binary)
+    if overwrite and earlier_user_video_outputs(out_dir):
+        summary = _replace_earlier_outputs(segmenter, source, given, objects, out_dir, binary)
+    else:
+        summary = _write_user_outputs(segmenter, source, given, objects, out_dir, binary)
     where = f'masks in {summary["masks"]}, overlay {summary["overlay"]}'
     if binary:
         where += f', binary masks in {summary["binary"]}'
     print(f'{summary["frames"]} frames, {summary["objects"]} object(s), networks at {net_width}x{net_height}, '
           f'{summary["fps"]:.1f} frames/s; {where}')
     return summary
+
+
+def _replace_earlier_outputs(segmenter: CoreSegmenter, source: FrameSource, given: GivenMasks,
+                             objects: ObjectManager, out_dir: str, binary: bool) -> Dict[str, Any]:
+    """--overwrite over an earlier run: the new outputs are written into a folder of their own
+    and replace the earlier ones only when the video is done, so a failed or interrupted run
+    leaves the earlier outputs as they were (and what it wrote in its own folder)."""
+    unfinished = unfinished_run_folder(out_dir)
+    with removed_if_left_empty(unfinished, existed=False):
+        try:
+            summary = _write_user_outputs(segmenter, source, given, objects, unfinished, binary)
+        except DataError as e:
+            raise DataError(f'{e}; the earlier outputs in {out_dir} are unchanged') from e
+    try:
+        replace_user_video_outputs(unfinished, out_dir)
+    except OSError as e:
+        raise DataError(f'{out_dir}: the new outputs could not replace the earlier ones '
+                        f'({e.strerror or e}); what is not in place is in {unfinished}') from e
+
+    def moved(path: Optional[str]) -> Optional[str]:
+        return None if path is None else os.path.join(out_dir, os.path.relpath(path, unfinished))
+    return {**summary, 'masks': moved(summary['masks']), 'overlay': moved(summary['overlay']),
+            'binary': moved(summary['binary'])}
 
 
 def _check_mask_frames(specs: Sequence[Tuple[int, str]], given: GivenMasks, source: FrameSource) -> None:

@@ -9,6 +9,7 @@ ckpt-epoch-*.pth) are published-format weights; ckpt-last.pth adds what `--resum
 continue exactly: optimizer, scheduler, epoch, curriculum and random states. Rank 0 logs, validates and writes; a failing batch stops the
 run with its error (nothing is skipped silently).
 """
+import gc
 import logging
 import math
 import os
@@ -574,14 +575,27 @@ class Trainer:
         """Train up to TRAIN.N_EPOCHS (or `max_epochs` more epochs); return the last summary."""
         last_epoch = self.cfg.TRAIN.N_EPOCHS if max_epochs is None else min(self.cfg.TRAIN.N_EPOCHS,
                                                                             self.epoch + max_epochs - 1)
-        summary: Dict[str, Any] = {}
+        self.summary: Dict[str, Any] = {}
         if self.epoch > last_epoch and self.dist.is_main:
             logger.warning('%s: all %d epochs (TRAIN.N_EPOCHS) are already trained; nothing to do. '
                            'Raise TRAIN.N_EPOCHS to train longer', self.resumed_from, self.cfg.TRAIN.N_EPOCHS)
+        # what exists now (networks, datasets and their indexes) lives through the run: the
+        # garbage collector stops rescanning it, which it otherwise does many times an epoch
+        gc.collect()
+        gc.freeze()
+        try:
+            self._run_epochs(last_epoch)
+        finally:
+            gc.unfreeze()
+        if self.writer is not None:
+            self.writer.close()
+        return self.summary
+
+    def _run_epochs(self, last_epoch: int) -> None:
         while self.epoch <= last_epoch:
             loss = self.train_epoch()
             metrics = self._validate_saved_epoch() if self.dist.is_main else None
-            summary = {'epoch': self.epoch, 'loss': loss, 'metrics': metrics}
+            self.summary = {'epoch': self.epoch, 'loss': loss, 'metrics': metrics}
             if self.dist.is_main:
                 logger.info('Epoch %d/%d: loss %.4f, %.2f it/s, %.1f samples/s, %.0f%% of the time waiting '
                             'for data, peak GPU memory %.2f GiB%s',
@@ -597,9 +611,6 @@ class Trainer:
                 self.hold_epochs = int(hold)
                 dist.barrier()
             self.epoch += 1
-        if self.writer is not None:
-            self.writer.close()
-        return summary
 
 
 def checked_training_set(cfg) -> torch.utils.data.Dataset:

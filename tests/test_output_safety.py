@@ -9,7 +9,8 @@ import pytest
 from config import cfg as default_cfg
 from utils.io import HOST_TAG, DataError, TEMPORARY_PREFIX, temporary_path
 from utils.output_safety import (check_name, check_output_folder, check_user_video_output,
-                                 clear_user_video_outputs, dataset_folders, remove_stale_temporaries)
+                                 dataset_folders, earlier_user_video_outputs, remove_stale_temporaries,
+                                 replace_user_video_outputs, unfinished_run_folder)
 
 
 @pytest.fixture
@@ -64,8 +65,30 @@ def test_a_non_empty_own_video_folder_needs_overwrite(tmp_path):
     with pytest.raises(DataError, match='not empty .*--overwrite'):
         check_user_video_output(str(out), overwrite=False)
     check_user_video_output(str(out), overwrite=True)
-    clear_user_video_outputs(str(out))
-    assert os.listdir(out) == ['notes.txt']
+    assert earlier_user_video_outputs(str(out)) == [str(out / 'masks'), str(out / 'overlay.mp4')]
+
+
+def test_a_finished_run_replaces_the_earlier_outputs_and_nothing_else(tmp_path):
+    out = tmp_path / 'out'
+    os.makedirs(out / 'masks')
+    (out / 'masks' / '00000.png').write_bytes(b'old mask')
+    (out / 'masks' / '00001.png').write_bytes(b'old mask of a longer video')
+    (out / 'overlay.avi').write_bytes(b'old video')
+    (out / 'notes.txt').write_text('mine')
+    new = unfinished_run_folder(str(out))
+    assert os.path.basename(new).startswith('unfinished-run-') and os.listdir(new) == []
+    assert unfinished_run_folder(str(out)) != new                     # every run has a folder of its own
+    os.makedirs(os.path.join(new, 'masks'))
+    with open(os.path.join(new, 'masks', '00000.png'), 'wb') as f:
+        f.write(b'new mask')
+    with open(os.path.join(new, 'overlay.mp4'), 'wb') as f:
+        f.write(b'new video')
+    replace_user_video_outputs(new, str(out))
+    assert not os.path.exists(new)
+    assert sorted(os.listdir(out / 'masks')) == ['00000.png']
+    assert (out / 'masks' / '00000.png').read_bytes() == b'new mask'
+    assert (out / 'overlay.mp4').read_bytes() == b'new video' and not (out / 'overlay.avi').exists()
+    assert (out / 'notes.txt').read_text() == 'mine'
 
 
 def test_inputs_among_the_replaced_outputs_are_refused(tmp_path):

@@ -282,6 +282,26 @@ def test_reusing_an_own_video_output_needs_overwrite(tmp_path, clip, mask, synth
     capture.release()
 
 
+def test_a_failed_overwrite_keeps_the_earlier_outputs(tmp_path, clip, mask, synth_checkpoint, capsys):
+    three = frame_folder(str(tmp_path / 'three'), clip[0][:3])
+    out = tmp_path / 'out'
+    assert runner.main(own_video(three, mask, synth_checkpoint, str(out), '--binary')) == 0
+    before = tree(str(out))
+    broken = frame_folder(str(tmp_path / 'broken'), clip[0][:4])
+    (tmp_path / 'broken' / '00002.jpg').write_bytes(b'\xff\xd8 not a jpeg')
+    expect_error(capsys, own_video(broken, mask, synth_checkpoint, str(out), '--overwrite'), '00002.jpg',
+                 'masks of frames 0..1 are kept in', 'unfinished-run-', f'the earlier outputs in {out} are unchanged')
+    unfinished = [name for name in os.listdir(out) if name.startswith('unfinished-run-')]
+    assert len(unfinished) == 1
+    assert {k: v for k, v in tree(str(out)).items() if not k.startswith('unfinished-run-')} == before
+    assert sorted(os.listdir(out / unfinished[0] / 'masks')) == ['00000.png', '00001.png']
+    # a run that finishes replaces the earlier outputs (binary/ too: this run writes none) and
+    # leaves the user's other entries, the unfinished run's folder among them
+    assert runner.main(own_video(frame_folder(str(tmp_path / 'two'), clip[0][:2]), mask, synth_checkpoint,
+                                 str(out), '--overwrite')) == 0
+    assert sorted(os.listdir(out)) == sorted(['masks', 'overlay.mp4', unfinished[0]])
+    assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png']
+
 def test_overwrite_refuses_to_delete_an_input_mask(tmp_path, video, clip, synth_checkpoint, capsys):
     out = tmp_path / 'out'
     os.makedirs(out / 'masks')

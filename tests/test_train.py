@@ -1,5 +1,6 @@
 """Training: the loss falls on one clip, resume continues exactly, DDP keeps ranks in step."""
 import copy
+import gc
 import math
 import errno
 import logging
@@ -136,6 +137,15 @@ def test_cached_imagenet_weights_fill_both_encoders(monkeypatch, tmp_path):
         assert torch.equal(encoder.res4[5].bn3.running_mean, state['layer3.5.bn3.running_mean'])
 
 
+def test_the_collector_skips_what_lives_through_training(data_root, tmp_path, monkeypatch):
+    trainer = Trainer(training_cfg(data_root, NETWORK='TinyFlowNet', N_EPOCHS=1), str(tmp_path))
+    frozen = []
+    epoch = trainer.train_epoch
+    monkeypatch.setattr(trainer, 'train_epoch', lambda: frozen.append(gc.get_freeze_count()) or epoch())
+    assert np.isfinite(trainer.run()['loss'])
+    assert frozen[0] > 1000 and gc.get_freeze_count() == 0     # networks, datasets; released after
+
+
 def test_a_failing_batch_stops_training(data_root, tmp_path):
     broken = str(tmp_path / 'broken')
     davis_root(broken, {'bear': one_object_clip('bear', 3, SIZE)})
@@ -143,6 +153,7 @@ def test_a_failing_batch_stops_training(data_root, tmp_path):
         f.write(b'not a jpeg')
     with pytest.raises(DataError, match='00001.jpg: unreadable image'):
         Trainer(training_cfg(broken, N_EPOCHS=1), str(tmp_path / 'out'), weights=None).run()
+    assert gc.get_freeze_count() == 0
 
 
 def _ddp_worker(rank, world_size, port, root, out_dir):

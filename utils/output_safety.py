@@ -4,11 +4,13 @@
   (every ROOT, *_ROOT, IMAGE_DIR, MASK_DIR of cfg.DATASETS), so ground truth is never overwritten.
 - Names read from split files and meta.json become path components: they must be plain names.
 - A benchmark split writes into a fresh or empty folder. A user's video too, or, with
-  overwrite, it replaces only the outputs of an earlier run there (USER_VIDEO_OUTPUTS).
+  overwrite, it replaces only the outputs of an earlier run there (USER_VIDEO_OUTPUTS), and
+  only once the new run has finished: until then it writes into a folder of its own.
 - Temporary files left by a killed process of this host (utils.io.TEMPORARY_PREFIX) are removed
   at the next start; those of other hosts sharing the folder are left to their own.
 """
 import contextlib
+import datetime
 import itertools
 import logging
 import os
@@ -104,16 +106,33 @@ def _held(folder: str) -> str:
     return ', '.join(entries[:5]) + (f' and {len(entries) - 5} more' if len(entries) > 5 else '')
 
 
-def clear_user_video_outputs(out_dir: str) -> None:
-    """Remove an earlier run's USER_VIDEO_OUTPUTS from `out_dir` (nothing else)."""
-    for output in _user_video_outputs(out_dir):
-        if os.path.isdir(output) and not os.path.islink(output):
-            shutil.rmtree(output)
-        elif os.path.lexists(output):
-            os.remove(output)
-        else:
-            continue
-        logger.info('--overwrite: removed %s', output)
+def earlier_user_video_outputs(out_dir: str) -> List[str]:
+    """The USER_VIDEO_OUTPUTS of an earlier run present in `out_dir`."""
+    return [path for path in _user_video_outputs(out_dir) if os.path.lexists(path)]
+
+
+def unfinished_run_folder(out_dir: str) -> str:
+    """A new folder in `out_dir` for a run that is to replace the earlier run's outputs there:
+    what it writes stays apart (and is kept there if the run fails) until
+    replace_user_video_outputs moves it over them."""
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    return claim_new_folder(os.path.join(out_dir, f'unfinished-run-{stamp}'))
+
+
+def replace_user_video_outputs(finished: str, out_dir: str) -> None:
+    """Put the USER_VIDEO_OUTPUTS of the finished run in `finished` in place of the earlier
+    run's in `out_dir`, one rename each (a final name holds the earlier or the new output,
+    never a mix); earlier outputs the new run does not have are removed, then `finished`."""
+    replaced = os.path.join(finished, 'replaced')
+    os.mkdir(replaced)
+    for name in USER_VIDEO_OUTPUTS:
+        final, new = os.path.join(out_dir, name), os.path.join(finished, name)
+        if os.path.lexists(final):
+            os.rename(final, os.path.join(replaced, name))
+            logger.info('--overwrite: replaced %s', final)
+        if os.path.lexists(new):
+            os.rename(new, final)
+    shutil.rmtree(finished)
 
 
 def _user_video_outputs(out_dir: str) -> List[str]:
