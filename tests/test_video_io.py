@@ -196,9 +196,14 @@ def test_writer_encodes_h264_yuv420p_with_the_index_first_and_odd_sizes_padded(t
     assert writer.frames_written == 5 and writer.path == str(tmp_path / 'result.mp4')
     codec, pix_fmt, size, decoded = probe(writer.path)
     assert (codec, pix_fmt, size, len(decoded)) == ('h264', 'yuv420p', (96, 160), 5)
-    for original, frame in zip(frames, decoded):
-        assert np.abs(frame[:95, :159].astype(int) - original).mean() < 6
-        assert np.abs(frame[95].astype(int) - frame[94]).mean() < 6                  # padding repeats the edge
+    # H.264 at this size is 4-6 levels off on average (the encoder's threads move it a little),
+    # about as far as neighbouring frames are apart: each frame is held to be nearest its own
+    # original; black padding would be about 120 levels off the edge row
+    errors = np.array([[np.abs(frame[:95, :159].astype(int) - original).mean() for original in frames]
+                       for frame in decoded])
+    assert (errors.argmin(axis=1) == np.arange(5)).all() and errors.diagonal().max() < 10, errors
+    for frame in decoded:
+        assert np.abs(frame[95].astype(int) - frame[94]).mean() < 12                 # padding repeats the edge
     with open(writer.path, 'rb') as f:
         header = f.read()
     assert header.index(b'moov') < header.index(b'mdat')                            # +faststart
