@@ -37,6 +37,7 @@ from datasets.video import Video
 from models.object_manager import NoNewObject, ObjectManager
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
+from utils.cli import UserError
 from utils.io import DataError, atomic_write
 from utils.mask_input import GivenMasks, MaskError, parse_mask_spec, read_given_masks
 from utils.output_safety import (check_empty_output, check_output_folder, check_user_video_output,
@@ -155,13 +156,19 @@ def _replace_earlier_outputs(segmenter: CoreSegmenter, source: FrameSource, give
     with removed_if_left_empty(unfinished, existed=False):
         try:
             summary = _write_user_outputs(segmenter, source, given, objects, unfinished, binary)
-        except DataError as e:
+        except UserError as e:
             raise DataError(f'{e}; the earlier outputs in {out_dir} are unchanged') from e
+        except BaseException:
+            if os.path.isdir(unfinished) and os.listdir(unfinished):
+                logger.warning('The earlier outputs in %s are unchanged; this run\'s are in %s',
+                               out_dir, unfinished)
+            raise
     try:
         replace_user_video_outputs(unfinished, out_dir)
     except OSError as e:
         raise DataError(f'{out_dir}: the new outputs could not replace the earlier ones '
-                        f'({e.strerror or e}); what is not in place is in {unfinished}') from e
+                        f'({e.strerror or e}); the new outputs not yet in place are in {unfinished}, '
+                        f'the earlier ones already moved aside in {os.path.join(unfinished, "replaced")}') from e
 
     def moved(path: Optional[str]) -> Optional[str]:
         return None if path is None else os.path.join(out_dir, os.path.relpath(path, unfinished))

@@ -150,10 +150,14 @@ class VideoSegmenter:
         std = torch.tensor(cfg.CONST.DATASET_STD, dtype=torch.float32, device=self.device)
         self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self.pending: List[Tuple[int, np.ndarray, Optional[int]]] = []
-        self.segmenting = False
+        self.active: Optional[object] = None          # the token of the video being segmented
         self.frame_input = _FrameInput(self.device, self.mean, self.std)
         self.mask_buffers: List[torch.Tensor] = []      # pinned, for the downloads of the id masks
         self.branches: Tuple[Optional[tuple], List[ScaleBranch]] = (None, [])
+
+    @property
+    def segmenting(self) -> bool:
+        return self.active is not None
 
     def add_object(self, frame_index: int, mask: np.ndarray, object_id: Optional[int] = None) -> None:
         """An object that first appears at `frame_index` (> 0) of the next video segmented: a
@@ -249,10 +253,6 @@ class VideoSegmenter:
         return branches
 
     def _propagate(self, frames: Iterable[np.ndarray], first_mask: Union[np.ndarray, ObjectManager]):
-        if self.segmenting:
-            raise SegmentationError('this segmenter is still segmenting another video (its buffers and '
-                                    'CUDA graphs serve one video at a time): finish or close that one '
-                                    'first, or use one VideoSegmenter per video segmented at once')
         objects = self.objects_of(first_mask)
         # the published loop carries N_MAX_OBJECTS + 1 channels; the fast path only the video's
         # objects (the absent channels change the softmax by about 1e-7)
@@ -261,10 +261,15 @@ class VideoSegmenter:
         channel_ids = torch.from_numpy(objects.channel_ids(n_channels)).to(self.device)
         expected = len(frames) if hasattr(frames, '__len__') else None
         frame_input, branches = self.frame_input, []
-        self.segmenting = True
+        token = self.active = object()         # an unfinished earlier video stops at its next frame
         try:
             with self._precision_context():
                 for t, frame in enumerate(frames):
+                    if self.active is not token:
+                        raise SegmentationError(
+                            'another segment() call took over this segmenter before this video was '
+                            'done (its buffers and CUDA graphs serve one video at a time): finish one '
+                            'video before starting the next, or use one VideoSegmenter per video')
                     if t == 0:
                         frame_size = np.asarray(frame).shape[:2]
                         net_size = network_size(*frame_size, self.short_side)
@@ -279,7 +284,8 @@ class VideoSegmenter:
                     probs = outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(dim=0)
                     yield self._to_frame_size(probs, frame_size)[0], channel_ids
         finally:
-            self.segmenting = False
+            if self.active is token:
+                self.active = None
 
     def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.bf16 else x

@@ -95,14 +95,16 @@ class SplitSpeed:
     def timed(self, stream: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Pass a video's (frame, ids) stream through, timing it."""
         begun, first, n_frames = time.perf_counter(), None, 0
-        for item in stream:
-            if first is None:
-                first = time.perf_counter()
-            n_frames += 1
-            yield item
+        try:
+            for item in stream:
+                if first is None:
+                    first = time.perf_counter()
+                n_frames += 1
+                yield item
+        finally:
+            if self.first_video_seconds is None:
+                self.first_video_seconds = time.perf_counter() - begun
         self.frames += n_frames
-        if self.first_video_seconds is None:
-            self.first_video_seconds = time.perf_counter() - begun
         if first is not None and n_frames > 1:
             self.inside_frames += n_frames - 1
             self.inside_seconds += time.perf_counter() - first

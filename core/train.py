@@ -581,12 +581,15 @@ class Trainer:
                            'Raise TRAIN.N_EPOCHS to train longer', self.resumed_from, self.cfg.TRAIN.N_EPOCHS)
         # what exists now (networks, datasets and their indexes) lives through the run: the
         # garbage collector stops rescanning it, which it otherwise does many times an epoch
-        gc.collect()
-        gc.freeze()
+        frozen_here = gc.get_freeze_count() == 0        # a caller's own freeze is left alone
+        if frozen_here:
+            gc.collect()
+            gc.freeze()
         try:
             self._run_epochs(last_epoch)
         finally:
-            gc.unfreeze()
+            if frozen_here:
+                gc.unfreeze()
         if self.writer is not None:
             self.writer.close()
         return self.summary

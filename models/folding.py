@@ -25,6 +25,8 @@ class ConvReLU(torch.nn.Conv2d):
             try:
                 return self.fused_forward(x, residual)
             except RuntimeError as e:
+                if isinstance(e, torch.OutOfMemoryError) or torch.cuda.is_current_stream_capturing():
+                    raise
                 ConvReLU.fused = False
                 logger.warning('cuDNN cannot fuse bias, residual and ReLU into the convolution (%s); '
                                'running them one after another', str(e).splitlines()[0])

@@ -172,9 +172,10 @@ def benchmark_split(args, tflownet, rmnet, results) -> None:
             measured = run_split(weights, os.path.join(folder, 'DAVIS'), os.path.join(folder, f'out-{path}'), cfg)
             results['runs'].append({'split_videos': args.split_videos, 'frames': args.split_frames,
                                     'size': [height, width], 'path': path, **measured})
+            first = measured['first_video_s']
             print(f'{path:>12}: {measured["fps_inside_videos"]:.1f} fps inside the videos, '
-                  f'{measured["fps_over_split"]:.1f} fps over the split ({measured["split_s"]:.1f} s, the first '
-                  f'video {measured["first_video_s"]:.1f} s of it)', flush=True)
+                  f'{measured["fps_over_split"]:.1f} fps over the split ({measured["split_s"]:.1f} s'
+                  + ('' if first is None else f', the first video {first:.1f} s of it') + ')', flush=True)
 
 
 def main(argv: List[str] = None) -> None:

@@ -132,7 +132,11 @@ def replace_user_video_outputs(finished: str, out_dir: str) -> None:
             logger.info('--overwrite: replaced %s', final)
         if os.path.lexists(new):
             os.rename(new, final)
-    shutil.rmtree(finished)
+    try:
+        shutil.rmtree(finished)
+    except OSError as e:
+        logger.warning('The new outputs are in place, but %s (the replaced ones) could not be removed: %s',
+                       finished, e.strerror or e)
 
 
 def _user_video_outputs(out_dir: str) -> List[str]:
