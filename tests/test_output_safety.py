@@ -8,6 +8,7 @@ import pytest
 
 from config import cfg as default_cfg
 from utils.io import HOST_TAG, DataError, TEMPORARY_PREFIX, temporary_path
+import utils.output_safety as output_safety
 from utils.output_safety import (check_name, check_output_folder, check_user_video_output,
                                  dataset_folders, earlier_user_video_outputs, remove_stale_temporaries,
                                  replace_user_video_outputs, unfinished_run_folder)
@@ -113,3 +114,22 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
     (tmp_path / 'seq' / '00000.png').write_bytes(b'result')
     assert remove_stale_temporaries(str(tmp_path)) == [str(stale)]
     assert sorted(os.listdir(tmp_path / 'seq')) == sorted(['00000.png', elsewhere.name, os.path.basename(live)])
+
+
+def test_replaced_outputs_that_cannot_be_removed_leave_the_new_ones_in_place(tmp_path, monkeypatch, caplog):
+    out = tmp_path / 'out'
+    os.makedirs(out / 'masks')
+    (out / 'masks' / '00000.png').write_bytes(b'old mask')
+    new = unfinished_run_folder(str(out))
+    os.makedirs(os.path.join(new, 'masks'))
+    with open(os.path.join(new, 'masks', '00000.png'), 'wb') as f:
+        f.write(b'new mask')
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, 'Permission denied')
+    monkeypatch.setattr(output_safety.shutil, 'rmtree', refuse)
+    with caplog.at_level('WARNING'):
+        replace_user_video_outputs(new, str(out))
+    assert (out / 'masks' / '00000.png').read_bytes() == b'new mask'
+    assert 'could not be removed' in caplog.text and new in caplog.text
+
