@@ -265,11 +265,7 @@ class VideoSegmenter:
         try:
             with self._precision_context():
                 for t, frame in enumerate(frames):
-                    if self.active is not token:
-                        raise SegmentationError(
-                            'another segment() call took over this segmenter before this video was '
-                            'done (its buffers and CUDA graphs serve one video at a time): finish one '
-                            'video before starting the next, or use one VideoSegmenter per video')
+                    self._check_owner(token)
                     if t == 0:
                         frame_size = np.asarray(frame).shape[:2]
                         net_size = network_size(*frame_size, self.short_side)
@@ -283,9 +279,17 @@ class VideoSegmenter:
                                for out in (branch.start(x, masks) if t == 0 else branch.step(x, masks))]
                     probs = outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(dim=0)
                     yield self._to_frame_size(probs, frame_size)[0], channel_ids
+            self._check_owner(token)     # the last mask's download buffer may be the new video's now
         finally:
             if self.active is token:
                 self.active = None
+
+    def _check_owner(self, token: object) -> None:
+        if self.active is not token:
+            raise SegmentationError('another segment() call took over this segmenter before this video '
+                                    'was done (its buffers and CUDA graphs serve one video at a time): '
+                                    'finish one video before starting the next, or use one '
+                                    'VideoSegmenter per video')
 
     def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.bf16 else x

@@ -152,6 +152,11 @@ def test_one_video_at_a_time_per_segmenter(networks, published_clip):
     with pytest.raises(SegmentationError, match='another segment\\(\\) call took over'):
         next(running)
     assert len(second) == 3 and np.array_equal(second[0], first) and not seg.segmenting
+    last = seg.segment(frames[:1], first_mask)      # taken over after its last frame: on a GPU that
+    next(last)                                      # frame's mask would still be on its way
+    list(seg.segment(frames[:3], first_mask))
+    with pytest.raises(SegmentationError, match='took over'):
+        next(last)
     assert len(list(seg.segment(frames[:3], first_mask))) == 3
 
 def test_bad_inputs_are_named(networks, published_clip):
