@@ -120,13 +120,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def configure(args: argparse.Namespace) -> None:
     """Apply the config file, the overrides and the options to the global cfg; seed the generators."""
-    from core.streaming import timestamp
     from utils.configuration import apply_overrides, check_test_options, load_config_file, merge_config
 
     if args.cfg:
         merge_config(cfg, load_config_file(args.cfg))
     apply_overrides(cfg, args.set)
-    cfg.CONST.EXP_NAME = args.exp or cfg.CONST.EXP_NAME or timestamp()
+    # no name: each job claims a new folder named by the time (core.streaming.experiment_dir),
+    # so that runs started in the same second never share one
+    cfg.CONST.EXP_NAME = args.exp or cfg.CONST.EXP_NAME
     if args.weights:
         cfg.CONST.WEIGHTS = args.weights
     if args.precision:

@@ -1,6 +1,5 @@
 """Pieces shared by the test and inference jobs: output folders, the segmenter, frames paired with masks."""
 import collections
-import datetime
 import logging
 import os
 import tempfile
@@ -12,14 +11,9 @@ import numpy as np
 from core.segmenter import VideoSegmenter
 from models.object_manager import ObjectManager
 from utils.io import DataError
-from utils.output_safety import check_output_folder, claim_new_folder, remove_stale_temporaries
+from utils.output_safety import check_output_folder, claim_new_folder, remove_stale_temporaries, timestamp
 
 logger = logging.getLogger(__name__)
-
-
-def timestamp() -> str:
-    """The default experiment name: the current local time."""
-    return datetime.datetime.now().strftime('%Y-%m-%d_%H-%M-%S')
 
 
 def experiment_dir(cfg) -> str:

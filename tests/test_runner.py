@@ -92,6 +92,13 @@ def test_cfg_file_and_set_overrides_are_applied(tmp_path):
     assert (cfg.CONST.EXP_NAME, cfg.TEST.PRECISION, cfg.TEST.VISUALIZE) == ('run1', 'bf16', True)
 
 
+def test_runs_without_a_name_claim_a_new_folder_each(tmp_path):
+    from core.streaming import experiment_dir
+    runner.configure(runner.parse_args(['--test', '--set', 'DIR.OUT_PATH', str(tmp_path)]))
+    assert cfg.CONST.EXP_NAME == ''                # named by the job, when it claims its folder
+    first, second = experiment_dir(cfg), experiment_dir(cfg)    # e.g. two runs in the same second
+    assert first != second and os.path.isdir(first) and os.path.isdir(second)
+
 def test_seed_is_fixed_unless_rand():
     runner.configure(runner.parse_args(['--test']))
     first = torch.rand(3)

@@ -111,12 +111,16 @@ def earlier_user_video_outputs(out_dir: str) -> List[str]:
     return [path for path in _user_video_outputs(out_dir) if os.path.lexists(path)]
 
 
+def timestamp() -> str:
+    """The name of a run's folder when it has none: the current local time."""
+    return datetime.datetime.now().strftime('%Y-%m-%d_%H-%M-%S')
+
+
 def unfinished_run_folder(out_dir: str) -> str:
     """A new folder in `out_dir` for a run that is to replace the earlier run's outputs there:
     what it writes stays apart (and is kept there if the run fails) until
     replace_user_video_outputs moves it over them."""
-    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    return claim_new_folder(os.path.join(out_dir, f'unfinished-run-{stamp}'))
+    return claim_new_folder(os.path.join(out_dir, f'unfinished-run-{timestamp()}'))
 
 
 def replace_user_video_outputs(finished: str, out_dir: str) -> None:
