@@ -223,6 +223,11 @@ def _write_user_outputs(segmenter: CoreSegmenter, source: FrameSource, given: Gi
         kept = (f'the masks of frames 0..{results.n_frames - 1} are kept in {masks_dir}{overlay_kept}'
                 if results.n_frames else 'no mask was written')
         raise DataError(f'{e}; {kept}') from e
+    except BaseException:                      # Ctrl-C, SIGTERM: say what is kept, then stop
+        if results.n_frames:
+            logger.warning('Stopped: the masks of frames 0..%d are kept in %s, and their overlay in %s',
+                           results.n_frames - 1, masks_dir, writer.path)
+        raise
     n_frames = results.n_frames
     unreached = [frame for frame in given.masks if frame >= n_frames]
     if unreached:

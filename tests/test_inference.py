@@ -167,3 +167,26 @@ def test_python_api_streams_and_takes_late_objects(clip, checkpoint):
         outputs.append(ids)
     assert len(outputs) == 4
     assert 2 not in outputs[0] and 2 not in outputs[1] and (outputs[2][later == 2] == 2).all()
+
+
+def test_an_interrupted_own_video_says_what_it_kept(tmp_path, clip, checkpoint, monkeypatch, caplog):
+    import core.inference
+    import core.results
+    from config import cfg
+    frames, masks = clip
+    video = frame_folder(str(tmp_path / 'frames'), frames)
+    write_palette_mask(str(tmp_path / 'first.png'), masks[0])
+    write = core.results.VideoResults.write
+
+    def interrupted(self, t, frame, ids):
+        if t == 2:
+            raise KeyboardInterrupt
+        write(self, t, frame, ids)
+    monkeypatch.setattr(core.results.VideoResults, 'write', interrupted)
+    out = tmp_path / 'out'
+    with caplog.at_level('WARNING'), pytest.raises(KeyboardInterrupt):
+        core.inference.segment_user_video(cfg, video, [str(tmp_path / 'first.png')], weights=checkpoint,
+                                          out_dir=str(out), short_side=0)
+    assert sorted(os.listdir(out / 'masks')) == ['00000.png', '00001.png']
+    assert frame_count(out / 'overlay.mp4') == 2                     # a whole video of those frames
+    assert f'masks of frames 0..1 are kept in {out / "masks"}' in caplog.text
