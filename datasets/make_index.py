@@ -6,7 +6,6 @@ layout, for inspection; nothing else reads it.
 """
 import argparse
 import copy
-import json
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -16,7 +15,7 @@ import config
 from datasets.registry import SPLITS, list_videos
 from datasets.video import Video
 from utils.cli import run_command
-from utils.io import DataError, atomic_write, read_mask
+from utils.io import DataError, read_mask, write_json
 
 
 def count_objects(video: Video, ignore_idx: int) -> int:
@@ -64,12 +63,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.root:
         cfg.DATASETS[args.dataset].ROOT = args.root
     index = build_index(cfg, args.dataset, args.split)
-
-    def write(path: str) -> None:
-        with open(path, 'w') as f:
-            json.dump(index, f, indent=2)
-
-    atomic_write(args.out, write)
+    write_json(args.out, index, indent=2)
     for split, videos in index['splits'].items():
         print(f'{args.out}: {args.dataset} {split}: {len(videos)} videos, '
               f'{sum(v["n_frames"] for v in videos)} frames')

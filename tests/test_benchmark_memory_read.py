@@ -13,5 +13,5 @@ def test_quick_run_writes_both_paths_and_refuses_to_overwrite(tmp_path, capsys):
     assert all(r['max_diff'] < 1e-5 and r['ms'] > 0 for r in results['runs'])
     before = out.read_text()
     assert main(['--quick', '--out', str(out)]) == 2
-    assert capsys.readouterr().err.strip() == f'error: {out}: already exists (choose another --out)'
+    assert capsys.readouterr().err.strip() == f'error: {out}: already exists; choose another --out (earlier results are kept)'
     assert out.read_text() == before

@@ -1,5 +1,6 @@
 """utils.io: frames of every bit depth, atomic writes with the umask's mode, write errors named."""
 import errno
+import json
 import os
 import stat
 
@@ -63,3 +64,16 @@ def test_a_failed_write_keeps_the_earlier_file_and_names_it(tmp_path):
     assert os.listdir(tmp_path) == ['result.txt']
     with open(path) as f:
         assert f.read() == 'earlier'
+
+
+def test_results_are_written_whole_and_never_replaced(tmp_path):
+    from utils.io import check_new_result, write_json
+    path = str(tmp_path / 'results.json')
+    assert check_new_result(path) == path
+    write_json(path, {'fps': [1.5, 2]})
+    assert json.loads(open(path).read()) == {'fps': [1.5, 2]} and os.listdir(tmp_path) == ['results.json']
+    with pytest.raises(DataError, match='results.json: already exists; choose another --out'):
+        check_new_result(path)
+    with pytest.raises(TypeError):                    # not serialisable: nothing left behind
+        write_json(str(tmp_path / 'broken.json'), {'fps': object()})
+    assert os.listdir(tmp_path) == ['results.json']

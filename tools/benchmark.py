@@ -13,7 +13,6 @@ their boxes are far larger than a trained network's (often the whole frame).
 import argparse
 import copy
 import gc
-import json
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # split mode spawns import this script first, and they need neither.
 from config import cfg as default_cfg  # noqa: E402
 from utils.cli import UserError, run_command  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.io import check_new_result, write_json  # noqa: E402
 
 PATHS = {'dense-fp32': (False, 'fp32'), 'fast-fp32': (True, 'fp32'), 'fast-bf16': (True, 'bf16')}
 
@@ -207,8 +206,7 @@ def main(argv: List[str] = None) -> None:
     from utils.checkpoint import load_networks
     if not torch.cuda.is_available():
         raise UserError('the benchmark needs a CUDA GPU (none is visible to PyTorch)')
-    if os.path.exists(args.out):
-        raise UserError(f'{args.out}: already exists; give another --out (results are never overwritten)')
+    check_new_result(args.out)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     torch.manual_seed(args.seed)     # random weights decide how large the regions are: fix them
     tflownet, rmnet = TinyFlowNet(default_cfg), RMNet(default_cfg)
@@ -226,7 +224,7 @@ def main(argv: List[str] = None) -> None:
         benchmark_split(args, tflownet, rmnet, results)
     else:
         benchmark_clips(args, tflownet, rmnet, results)
-    atomic_write(args.out, lambda temporary: _write_json(temporary, results))
+    write_json(args.out, results)
 
 
 def benchmark_clips(args, tflownet, rmnet, results) -> None:
@@ -247,11 +245,6 @@ def benchmark_clips(args, tflownet, rmnet, results) -> None:
                 if measured['region_fraction'] is not None:
                     region = measured['region_fraction']
             print(row + ('       -' if region is None else f'  {region:6.0%}'), flush=True)
-
-
-def _write_json(path: str, content) -> None:
-    with open(path, 'w') as f:
-        json.dump(content, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,6 @@ read: the in-region keys and values, and 2 * (Ck + Cv) flops per in-region (quer
 pair. `max_diff` is the largest difference between the two reads.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.memory_bank import MemoryBank  # noqa: E402
 from models.packed_memory import PackedMemoryBank, pack_order, pack_positions  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.io import DataError, check_new_result, write_json  # noqa: E402
 
 DTYPES = {'bf16': torch.bfloat16, 'fp32': torch.float32}
 KEY_DIM, VALUE_DIM = 128, 512
@@ -161,8 +160,10 @@ def main(argv: List[str] = None) -> int:
         args.kept, args.height, args.width = [2, 5], 9, 14
     if args.repeats is None:
         args.repeats = 3 if args.quick else 50
-    if args.out and os.path.exists(args.out):
-        print(f'error: {args.out}: already exists (choose another --out)', file=sys.stderr)
+    try:
+        args.out and check_new_result(args.out)
+    except DataError as e:
+        print(f'error: {e}', file=sys.stderr)
         return 2
     if not torch.cuda.is_available() and not args.quick:
         print('error: the benchmark needs a CUDA GPU (or --quick)', file=sys.stderr)
@@ -189,10 +190,7 @@ def main(argv: List[str] = None) -> int:
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
     if args.out:
-        def write(path):
-            with open(path, 'w') as f:
-                json.dump(results, f, indent=1)
-        atomic_write(args.out, write)
+        write_json(args.out, results)
     return 0
 
 

@@ -18,7 +18,6 @@ device time, --sync-report the host synchronisations of one step (CUDA only).
 import argparse
 import copy
 import gc
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from config import cfg as default_cfg  # noqa: E402
 from core.train import TrainingStep, build_networks, freeze_batch_norm, use_channels_last  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.io import DataError, check_new_result, write_json  # noqa: E402
 
 N_FRAMES, N_OBJECTS, MAX_OBJECTS = 3, 2, 3      # N_OBJECTS: the default of --objects
 PRECISIONS = ('fp32', 'bf16')
@@ -319,8 +318,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print('error: the training benchmark needs a CUDA GPU (--quick runs tiny sizes on the CPU)',
               file=sys.stderr)
         return 2
-    if os.path.exists(args.out):
-        print(f'error: {args.out} exists; choose another --out (earlier results are kept)', file=sys.stderr)
+    try:
+        check_new_result(args.out)
+    except DataError as e:
+        print(f'error: {e}', file=sys.stderr)
         return 2
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     channels_last = not args.contiguous and device.type == 'cuda'
@@ -339,14 +340,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.profile or args.profile_ops or args.sync_report:
         for run in results['runs']:
             print_profile(run)
-    atomic_write(args.out, lambda temporary: _write_json(temporary, results))
+    write_json(args.out, results)
     print(f'wrote {args.out}')
     return 0
-
-
-def _write_json(path: str, content: Dict[str, Any]) -> None:
-    with open(path, 'w') as f:
-        json.dump(content, f, indent=1)
 
 
 if __name__ == '__main__':

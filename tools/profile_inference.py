@@ -13,7 +13,6 @@ import copy
 import functools
 import importlib
 import inspect
-import json
 import os
 import sys
 import time
@@ -25,6 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from config import cfg as default_cfg  # noqa: E402
 from tools.benchmark import synthetic_clip  # noqa: E402
+from utils.cli import UserError, run_command  # noqa: E402
+from utils.io import check_new_result, write_json  # noqa: E402
 
 # (label, 'module:Class.method' or 'module:function')
 STAGES: List[Tuple[str, str]] = [
@@ -140,8 +141,9 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument('--device', default='cuda', help='cpu: a quick check of this script')
     parser.add_argument('--out', default='profile.json')
     args = parser.parse_args(argv)
+    check_new_result(args.out)
     if args.device == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit('error: the profile needs a CUDA GPU (or --device cpu for a check of the script)')
+        raise UserError('the profile needs a CUDA GPU (or --device cpu for a check of the script)')
     from models.rmnet import RMNet
     from models.tiny_flownet import TinyFlowNet
     print('\n'.join(instrument()))
@@ -158,9 +160,8 @@ def main(argv: List[str] = None) -> None:
                   f'({result["graphed_ms_per_frame"]:.2f} ms/frame); GPU ms/frame at the end: {stages}',
                   flush=True)
     device_name = torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'
-    with open(args.out, 'w') as f:
-        json.dump({'device': device_name, 'torch': torch.__version__, 'runs': results}, f, indent=1)
+    write_json(args.out, {'device': device_name, 'torch': torch.__version__, 'runs': results})
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_command(main))

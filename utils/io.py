@@ -6,11 +6,12 @@ the mode the umask asks for. A failed write removes the temporary file and raise
 utils.output_safety.remove_stale_temporaries clears what a killed process left behind.
 """
 import hashlib
+import json
 import os
 import socket
 import stat
 import tempfile
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -146,6 +147,22 @@ def atomic_write(path: str, write: Callable[[str], None], durable: bool = False)
             previous = 'the earlier file is kept' if os.path.exists(path) else 'nothing was written there'
             raise WriteError(f'{path}: cannot be written ({e.strerror or e}); {previous}') from e
         raise
+
+
+def write_json(path: str, content: Any, indent: int = 1) -> None:
+    """`content` as a JSON file, written atomically."""
+    def write(temporary: str) -> None:
+        with open(temporary, 'w') as f:
+            json.dump(content, f, indent=indent)
+    atomic_write(path, write)
+
+
+def check_new_result(path: str) -> str:
+    """`path` for a result file that must not exist yet (results are never replaced): a
+    DataError naming it when it does."""
+    if os.path.exists(path):
+        raise DataError(f'{path}: already exists; choose another --out (earlier results are kept)')
+    return path
 
 
 def write_palette_mask(path: str, mask: np.ndarray) -> None:

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, Optional, Tuple
 from tqdm import tqdm
 
 from utils.checkpoint import CheckpointError, NETWORK_KEYS, read_checkpoint, require_state_dict
-from utils.io import atomic_write
+from utils.io import write_json
 
 try:
     import fcntl
@@ -198,7 +198,7 @@ def _require_rmnet_checkpoint(path: str, url: str) -> None:
 def _record(path: str, record_path: str, url: str) -> None:
     size = os.path.getsize(path)
     record = {'file': os.path.basename(path), 'size': size, 'sha256': sha256_of(path), 'url': url}
-    atomic_write(record_path, lambda temporary: _write_json(temporary, record))
+    write_json(record_path, record, indent=2)
     logger.info('%s: recorded size %d and sha256 %s in %s', path, size, record['sha256'], record_path)
 
 
@@ -229,8 +229,3 @@ def check_record(path: str, url: str = '') -> None:
         raise WeightsError(f'{path}: {what} at its first use ({record_path}), but it loads as an RMNet '
                            f'checkpoint: it was replaced or changed since. If you replaced it on purpose, '
                            f'delete the record {record_path} (the weights file is kept) and run again.')
-
-
-def _write_json(path: str, content: dict) -> None:
-    with open(path, 'w') as f:
-        json.dump(content, f, indent=2)
