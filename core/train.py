@@ -359,6 +359,7 @@ class Trainer:
         self.dataset = checked_training_set(cfg)
         self.validation_videos = validation_videos(cfg)
         self.resumed_from = resume
+        self.unvalidated_loss: Optional[float] = None     # a resumed epoch whose validation did not finish
         self.sampler = EpochSampler(len(self.dataset), cfg.CONST.RNG_SEED, self.dist)
         self.loader = training_loader(cfg, self.dataset, self.sampler, self.batch_per_process, self.dist.device)
         self.step = TrainingStep(cfg, self.model, self.optimizer, self.scaler, self.dist.device,
@@ -412,6 +413,8 @@ class Trainer:
         self.best_metrics = checkpoint.get('best_metrics', self.best_metrics)
         self.best_loss = checkpoint.get('best_loss', self.best_loss)
         restore_random_states(checkpoint['rng'])
+        if not checkpoint.get('validated', True):
+            self.unvalidated_loss = checkpoint['epoch_loss']
         logger.info('Resuming from %s at epoch %d', path, self.epoch)
 
     def train_step(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -517,16 +520,19 @@ class Trainer:
         return published_checkpoint(self.tflownet, self.rmnet, epoch_index=self.epoch,
                                     best_metrics=self.best_metrics, network=self.network_name)
 
-    def _resume_state(self, weights: Dict[str, Any]) -> Dict[str, Any]:
+    def _resume_state(self, weights: Dict[str, Any], validated: bool = True,
+                      epoch_loss: float = math.nan) -> Dict[str, Any]:
         return dict(weights, optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                     global_step=self.global_step, hold_epochs=self.hold_epochs,
-                    best_loss=self.best_loss, rng=random_states())
+                    best_loss=self.best_loss, rng=random_states(), validated=validated,
+                    epoch_loss=epoch_loss)
 
-    def save_last(self) -> None:
-        """ckpt-last.pth of the epoch just trained (before validation, so that a failing
-        validation never costs the trained epoch)."""
-        self._save(self.checkpoint_path('ckpt-last.pth'), self._resume_state(self._weights()))
+    def save_last(self, loss: float) -> None:
+        """ckpt-last.pth of the epoch just trained, before validation, so that a failing
+        validation never costs the trained epoch; resuming from it validates the epoch first."""
+        self._save(self.checkpoint_path('ckpt-last.pth'),
+                   self._resume_state(self._weights(), validated=False, epoch_loss=loss))
 
     def save(self, metrics: Optional[Dict[str, float]], loss: float) -> None:
         """ckpt-last.pth with the validation's outcome, ckpt-best.pth when the main metric (the
@@ -553,11 +559,11 @@ class Trainer:
         except WriteError as e:
             raise TrainingError(f'{e}; training stopped after epoch {self.epoch}') from e
 
-    def _validate_saved_epoch(self) -> Optional[Dict[str, float]]:
+    def _validate_saved_epoch(self, loss: float) -> Optional[Dict[str, float]]:
         """validate(), after saving the epoch; a failure names the checkpoint to resume from."""
         if self.validation_videos is None:
             return None
-        self.save_last()
+        self.save_last(loss)
         try:
             return self.validate()
         except UserError as e:
@@ -576,6 +582,8 @@ class Trainer:
         last_epoch = self.cfg.TRAIN.N_EPOCHS if max_epochs is None else min(self.cfg.TRAIN.N_EPOCHS,
                                                                             self.epoch + max_epochs - 1)
         self.summary: Dict[str, Any] = {}
+        if self.unvalidated_loss is not None:
+            self._finish_unvalidated_epoch()
         if self.epoch > last_epoch and self.dist.is_main:
             logger.warning('%s: all %d epochs (TRAIN.N_EPOCHS) are already trained; nothing to do. '
                            'Raise TRAIN.N_EPOCHS to train longer', self.resumed_from, self.cfg.TRAIN.N_EPOCHS)
@@ -597,23 +605,49 @@ class Trainer:
     def _run_epochs(self, last_epoch: int) -> None:
         while self.epoch <= last_epoch:
             loss = self.train_epoch()
-            metrics = self._validate_saved_epoch() if self.dist.is_main else None
+            metrics = self._validate_and_save(loss)
             self.summary = {'epoch': self.epoch, 'loss': loss, 'metrics': metrics}
             if self.dist.is_main:
                 logger.info('Epoch %d/%d: loss %.4f, %.2f it/s, %.1f samples/s, %.0f%% of the time waiting '
                             'for data, peak GPU memory %.2f GiB%s',
                             self.epoch, self.cfg.TRAIN.N_EPOCHS, loss, self.throughput['iterations_per_s'],
                             self.throughput['samples_per_s'], 100 * self.throughput['data_wait_fraction'],
-                            self.throughput['peak_gpu_gib'],
-                            '' if metrics is None else ', ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
-                self._update_curriculum(metrics)
-                self.save(metrics, loss)
-            if self.dist.world_size > 1:
-                hold = torch.tensor([self.hold_epochs], device=self.dist.device)
-                dist.broadcast(hold, 0)
-                self.hold_epochs = int(hold)
-                dist.barrier()
+                            self.throughput['peak_gpu_gib'], _metrics_text(metrics))
             self.epoch += 1
+
+    def _validate_and_save(self, loss: float) -> Optional[Dict[str, float]]:
+        """The end of an epoch: validation, curriculum and checkpoints on rank 0, the curriculum
+        shared with every rank."""
+        metrics = self._validate_saved_epoch(loss) if self.dist.is_main else None
+        if self.dist.is_main:
+            self._update_curriculum(metrics)
+            self.save(metrics, loss)
+        if self.dist.world_size > 1:
+            hold = torch.tensor([self.hold_epochs], device=self.dist.device)
+            dist.broadcast(hold, 0)
+            self.hold_epochs = int(hold)
+            dist.barrier()
+        return metrics
+
+    def _finish_unvalidated_epoch(self) -> None:
+        """The resumed checkpoint was saved before its epoch's validation finished: validate and
+        save that epoch now (best and every-N checkpoints, curriculum), as the run would have."""
+        loss, self.unvalidated_loss = self.unvalidated_loss, None
+        self.epoch -= 1
+        try:
+            if self.dist.is_main:
+                logger.info('Epoch %d was saved before its validation finished: validating it first', self.epoch)
+            metrics = self._validate_and_save(loss)
+            self.summary = {'epoch': self.epoch, 'loss': loss, 'metrics': metrics}
+            if self.dist.is_main:
+                logger.info('Epoch %d/%d: loss %.4f%s', self.epoch, self.cfg.TRAIN.N_EPOCHS, loss,
+                            _metrics_text(metrics))
+        finally:
+            self.epoch += 1
+
+
+def _metrics_text(metrics: Optional[Dict[str, float]]) -> str:
+    return '' if metrics is None else ', ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items())
 
 
 def checked_training_set(cfg) -> torch.utils.data.Dataset:

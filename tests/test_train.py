@@ -360,7 +360,9 @@ def test_dataset_typos_are_found_before_the_first_step(data_root, tmp_path, caps
 def test_epoch_is_saved_before_validating_and_best_after_the_first(data_root, tmp_path, monkeypatch, caplog):
     cfg = training_cfg(data_root, N_EPOCHS=2)
     cfg.DATASET.VAL_DATASET, cfg.DATASET.VAL_SPLIT, cfg.DATASET.VAL_VIDEOS = 'DAVIS2016', 'train', ['bear']
-    outcomes = iter([{'J-Mean': 0.0, 'F-Mean': 0.0, 'JF-Mean': 0.0}, DataError('bear/00002.png: unreadable mask')])
+    fixed = {'J-Mean': 0.5, 'F-Mean': 0.7, 'JF-Mean': 0.6}
+    outcomes = iter([{'J-Mean': 0.0, 'F-Mean': 0.0, 'JF-Mean': 0.0}, DataError('bear/00002.png: unreadable mask'),
+                     fixed])
 
     def validate(self):
         outcome = next(outcomes)
@@ -378,16 +380,24 @@ def test_epoch_is_saved_before_validating_and_best_after_the_first(data_root, tm
     with pytest.raises(TrainingError, match=f'validation after epoch 2 failed: .*unreadable mask.*--resume {last}'):
         trainer.run()
     assert read_checkpoint(last)['epoch_index'] == 2                 # the trained epoch is kept
+    assert read_checkpoint(last)['validated'] is False
     assert read_checkpoint(str(tmp_path / 'checkpoints' / 'ckpt-best.pth'))['epoch_index'] == 1   # score 0
     assert logged[('Train/LearningRate', 1)] == pytest.approx(cfg.TRAIN.LEARNING_RATE)          # used in epoch 1
     assert logged[('Train/LearningRate', 2)] == pytest.approx(cfg.TRAIN.LEARNING_RATE * (1 + np.cos(np.pi / 2)) / 2)
 
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO):                 # the problem fixed: epoch 2 is validated first
         finished = Trainer(cfg, str(tmp_path), resume=last)
-        assert finished.run() == {}
+        summary = finished.run()
+    assert summary['epoch'] == 2 and summary['metrics'] == fixed
+    assert 'Epoch 2 was saved before its validation finished' in caplog.text
     assert 'all 2 epochs (TRAIN.N_EPOCHS) are already trained' in caplog.text
     assert 'random weights' not in caplog.text and 'Resuming from' in caplog.text
+    best = read_checkpoint(str(tmp_path / 'checkpoints' / 'ckpt-best.pth'))
+    assert best['epoch_index'] == 2 and best['best_metrics'] == fixed
+    assert read_checkpoint(last)['validated'] is True and read_checkpoint(last)['epoch_index'] == 2
+    with caplog.at_level(logging.INFO):                 # and only once
+        assert Trainer(cfg, str(tmp_path), resume=last).run() == {}
 
 
 def test_a_full_disk_while_saving_stops_with_the_file_named(data_root, tmp_path, monkeypatch):
