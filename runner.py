@@ -21,11 +21,11 @@ from typing import Optional, Sequence
 from config import cfg
 from datasets.registry import SPLITS
 from utils.cli import UserError, run_command
+from utils.configuration import MIN_SHORT_SIDE
 from utils.mask_input import parse_mask_spec
 
 LOG_FORMAT = '%(asctime)s %(levelname)-7s %(name)s: %(message)s'
 OWN_VIDEO_OPTIONS = ('mask', 'binary', 'resize_mask', 'overwrite')
-MIN_SHORT_SIDE = 32     # the networks' feature maps are 1/16 of the input: at least 2 pixels
 
 
 class UsageError(UserError):
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--precision', choices=('fp32', 'bf16'), help='inference precision (default: '
                         'cfg.TEST.PRECISION; bf16 is faster and needs less GPU memory)')
     parser.add_argument('--size', type=short_side, metavar='S',
-                        help='short side the networks run at (at least 32), 0 for the input size (masks '
+                        help=f'short side the networks run at (at least {MIN_SHORT_SIDE}), 0 for the input size (masks '
                              'keep the input size); default: cfg.TEST.VIDEO_SHORT_SIDE (480) for --video, '
                              'the input size for benchmark splits')
     parser.add_argument('--visualize', action='store_true',

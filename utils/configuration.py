@@ -103,6 +103,8 @@ def _typed_like(current: Any, value: Any, key: str) -> Any:
             return type(current)(value)
     raise ConfigError(f'{key} expects a {type(current).__name__}; got {value!r}')
 
+MIN_SHORT_SIDE = 32     # the networks' feature maps are 1/16 of the input: at least 2 pixels
+
 
 def check_test_options(cfg: edict) -> None:
     """Refuse TEST options that would fail or silently produce nothing while segmenting."""
@@ -112,9 +114,9 @@ def check_test_options(cfg: edict) -> None:
                           f'got {test.MEMORIZE_EVERY}')
     if test.N_MAX_OBJECTS < 1:
         raise ConfigError(f'TEST.N_MAX_OBJECTS must be at least 1, got {test.N_MAX_OBJECTS}')
-    if test.VIDEO_SHORT_SIDE != 0 and test.VIDEO_SHORT_SIDE < 32:
-        raise ConfigError(f'TEST.VIDEO_SHORT_SIDE must be 0 (the input size) or at least 32 pixels, '
-                          f'got {test.VIDEO_SHORT_SIDE}')
+    if test.VIDEO_SHORT_SIDE != 0 and test.VIDEO_SHORT_SIDE < MIN_SHORT_SIDE:
+        raise ConfigError(f'TEST.VIDEO_SHORT_SIDE must be 0 (the input size) or at least {MIN_SHORT_SIDE} '
+                          f'pixels, got {test.VIDEO_SHORT_SIDE}')
     if test.MAX_MEMORY_FRAMES < 0:
         raise ConfigError(f'TEST.MAX_MEMORY_FRAMES must be 0 (keep every memorised frame) or the number '
                           f'of recent memorised frames to keep, got {test.MAX_MEMORY_FRAMES}')
