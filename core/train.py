@@ -702,12 +702,8 @@ def check_run_folder(cfg, out_dir: str, resume: Optional[str]) -> None:
         raise TrainingError(f'{out_dir} already holds the run {", ".join(existing)}; its checkpoints '
                             f'are never replaced: continue it with --resume {last}, or start a new run '
                             f'with another --exp NAME')
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise TrainingError(f'{folder}: the checkpoint folder cannot be created ({e.strerror or e})') from e
-    if not os.access(folder, os.W_OK):
-        raise TrainingError(f'{folder}: the checkpoint folder is not writable')
+    from core.streaming import prepare_output_dir
+    prepare_output_dir(folder)
 
 
 def train_net(cfg, weights: Optional[str] = None, resume: Optional[str] = None,
