@@ -193,14 +193,16 @@ class TrainingStep:
 
 
 class LossLog:
-    """The loss terms of the steps since the last read, kept on the device: reading them is
-    the one host synchronisation of training, every TRAIN.LOG_EVERY steps and at the end of
-    an epoch. A non-finite loss stops the run there, naming its step and clips (checkpoints
-    are written only after an epoch whose losses were all read)."""
+    """The loss terms of the steps since the last read, kept on the device. On a GPU a read
+    starts copying them to pinned host memory and returns those of the read before (long
+    copied by then), so the loop never waits for the GPU; `wait` (the end of an epoch) returns
+    everything. A non-finite loss stops the run when it is read, naming its step and clips
+    (checkpoints are written only after an epoch whose losses were all read)."""
 
     def __init__(self, names: Sequence[str]):
         self.names = tuple(names)
         self.pending: List[Tuple[int, Any, torch.Tensor]] = []
+        self.copying: Optional[Tuple[List[Tuple[int, Any, torch.Tensor]], torch.Tensor, torch.cuda.Event]] = None
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -208,17 +210,35 @@ class LossLog:
     def add(self, step: int, clips: Any, terms: torch.Tensor) -> None:
         self.pending.append((step, clips, terms))
 
-    def read(self, epoch: int) -> List[Tuple[int, Dict[str, float]]]:
-        """(step, {term: value}) of the pending steps, in order; then nothing is pending."""
-        if not self.pending:
-            return []
-        values = torch.stack([terms for _, _, terms in self.pending]).tolist()
+    def read(self, epoch: int, wait: bool = False) -> List[Tuple[int, Dict[str, float]]]:
+        """(step, {term: value}) of the steps read back by now, in order (with `wait` or on the
+        CPU: every step added)."""
         records = []
-        for (step, clips, _), row in zip(self.pending, values):
+        if self.copying is not None:
+            entries, host, done = self.copying
+            self.copying = None
+            done.synchronize()
+            records += self._records(epoch, entries, host.tolist())
+        if not self.pending:
+            return records
+        entries, self.pending = self.pending, []
+        terms = torch.stack([terms for _, _, terms in entries])
+        if wait or not terms.is_cuda:
+            return records + self._records(epoch, entries, terms.tolist())
+        host = torch.empty(terms.shape, dtype=terms.dtype, pin_memory=True)
+        host.copy_(terms, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self.copying = (entries, host, done)
+        return records
+
+    def _records(self, epoch: int, entries: List[Tuple[int, Any, torch.Tensor]],
+                 values: List[List[float]]) -> List[Tuple[int, Dict[str, float]]]:
+        records = []
+        for (step, clips, _), row in zip(entries, values):
             if not all(math.isfinite(v) for v in row):
                 raise TrainingError(f'the loss is {row[0]} at epoch {epoch}, step {step} (clips {clips})')
             records.append((step, dict(zip(self.names, row))))
-        self.pending = []
         return records
 
 
@@ -448,7 +468,7 @@ class Trainer:
             if (self.writer is not None and probs is not None
                     and self.global_step % self.cfg.TRAIN.VISUALIZE_EVERY == 0):
                 self._log_images(batch, probs)
-        self._write_losses(log.read(self.epoch), bar)
+        self._write_losses(log.read(self.epoch, wait=True), bar)
         self.epoch_learning_rate = self.optimizer.param_groups[0]['lr']
         self.scheduler.step()
         elapsed = time.perf_counter() - started

@@ -245,6 +245,28 @@ def test_losses_are_read_in_order_and_a_non_finite_one_names_its_step():
         log.read(2)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_loss_log_reads_back_on_the_gpu_without_waiting():
+    """On a GPU a read returns the steps of the read before (their copy has landed) and the
+    epoch's last read, with wait, every step left; the values are the CPU path's."""
+    from core.train import LossLog
+    log = LossLog(('loss', 'lovasz', 'nll'))
+    rows = [[1.5, 0.5, 1.0], [2.0, 1.0, 1.0], [0.25, 0.125, 0.125], [3.0, 2.0, 1.0]]
+    for step, row in enumerate(rows[:2]):
+        log.add(step, [f'v/{step}'], torch.tensor(row, device='cuda'))
+    assert log.read(1) == []
+    for step, row in enumerate(rows[2:], start=2):
+        log.add(step, [f'v/{step}'], torch.tensor(row, device='cuda'))
+    first = log.read(1)
+    assert first == [(0, dict(zip(log.names, rows[0]))), (1, dict(zip(log.names, rows[1])))]
+    assert log.read(1, wait=True) == [(2, dict(zip(log.names, rows[2]))), (3, dict(zip(log.names, rows[3])))]
+    assert log.read(1, wait=True) == []
+    log.add(4, ['w/z'], torch.tensor([math.nan, 0.5, math.nan], device='cuda'))
+    assert log.read(2) == []
+    with pytest.raises(TrainingError, match=r"epoch 2, step 4 \(clips \['w/z'\]\)"):
+        log.read(2)
+
+
 def test_loss_logits_give_back_the_probabilities():
     """Aggregation logits lie within +-16.1181 (its clamp): the log of their softmax is finite
     and is their log-softmax."""
