@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from core.augmentation import ScaleBranch
+from core.prepared_branches import PreparedBranches
 from models.folding import fold_batch_norms
 from models.object_manager import ObjectManager, SegmentationError
 from models.recurrence import FrameRecurrence
@@ -39,6 +40,9 @@ __all__ = ['SegmentationError', 'VideoSegmenter', 'network_size', 'pick_device']
 
 logger = logging.getLogger(__name__)
 PRECISIONS = ('fp32', 'bf16')
+# the tiny video that starts the GPU libraries: its 3x5 feature positions, like most frame
+# sizes', are neither 1 nor a multiple of 16, the cases the Triton read is compiled apart for
+WARM_UP_SIZE = (48, 80)
 
 
 def pick_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -153,7 +157,29 @@ class VideoSegmenter:
         self.active: Optional[object] = None          # the token of the video being segmented
         self.frame_input = _FrameInput(self.device, self.mean, self.std)
         self.mask_buffers: List[torch.Tensor] = []      # pinned, for the downloads of the id masks
-        self.branches: Tuple[Optional[tuple], List[ScaleBranch]] = (None, [])
+        if self.fast:
+            self._initialise_gpu_libraries()
+        # the branches of earlier (object count, size) pairs, kept with their graphs on the fast path
+        self.prepared = PreparedBranches(int(test.KEPT_CAPTURES) if self.fast else 1)
+        self.graph_pool = torch.cuda.graph_pool_handle() if self.fast else None
+        self.branches: List[ScaleBranch] = []          # those of the video being segmented
+
+    @torch.no_grad()
+    def _initialise_gpu_libraries(self) -> None:
+        """One step of a tiny video, part of loading the model: cuDNN and cuBLAS start and the
+        Triton read is compiled (once per machine, then cached on disk) and loaded, so that
+        the first real video pays only for its own shapes (cuDNN plans, its CUDA graph)."""
+        height, width = WARM_UP_SIZE
+        frame = torch.zeros(1, 3, height, width, device=self.device)
+        masks = torch.zeros(1, 2, height, width, device=self.device)
+        masks[:, 1, height // 4:-height // 4, width // 4:-width // 4] = 1
+        masks[:, 0] = 1 - masks[:, 1]
+        recurrence = FrameRecurrence(self.rmnet, [1], memorize_every=1, regional_read=True,
+                                     flow_net=self.tflownet)
+        with self._precision_context():
+            recurrence.start(self._channels_last(frame), masks)
+            recurrence.step(self._channels_last(frame))
+        torch.cuda.synchronize(self.device)
 
     @property
     def segmenting(self) -> bool:
@@ -234,22 +260,23 @@ class VideoSegmenter:
 
     def _branches(self, n_objects: int, n_channels: int, expected_frames: Optional[int],
                   net_size: Tuple[int, int]) -> List[ScaleBranch]:
-        """The branches of test-time augmentation; those of the previous video when its size
-        and objects were the same (on the fast path their buffers and graphs are reused)."""
-        key = (n_objects, n_channels, tuple(net_size))
-        if self.branches[0] == key:
-            for branch in self.branches[1]:
-                branch.expect(expected_frames)
-            return self.branches[1]
-
+        """The branches of test-time augmentation; those prepared for an earlier video of the
+        same objects and size when they are kept (on the fast path their buffers and graphs
+        are reused). All captures of a segmenter share one memory pool: they never run at
+        the same time, and what a replay leaves for later lives outside the pool."""
         def recurrence(flow_net: Optional[TinyFlowNet]) -> FrameRecurrence:
             return FrameRecurrence(self.rmnet, [n_objects], self.memorize_every, self.regional_read,
                                    fast=self.fast, expected_frames=expected_frames, flow_net=flow_net,
-                                   max_memory_frames=self.max_memory_frames)
+                                   max_memory_frames=self.max_memory_frames, graph_pool=self.graph_pool)
 
-        branches = [ScaleBranch(scale, recurrence(self.tflownet), recurrence(None) if self.flip else None,
+        def build() -> List[ScaleBranch]:
+            return [ScaleBranch(scale, recurrence(self.tflownet), recurrence(None) if self.flip else None,
                                 net_size) for scale in self.scales]
-        self.branches = (key, branches)
+
+        branches = self.prepared.get((n_objects, n_channels, tuple(net_size)), build)
+        for branch in branches:
+            branch.expect(expected_frames)
+        self.branches = branches
         return branches
 
     def _propagate(self, frames: Iterable[np.ndarray], first_mask: Union[np.ndarray, ObjectManager]):
@@ -280,6 +307,7 @@ class VideoSegmenter:
                     probs = outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(dim=0)
                     yield self._to_frame_size(probs, frame_size)[0], channel_ids
             self._check_owner(token)     # the last mask's download buffer may be the new video's now
+            self.prepared.trim()
         finally:
             if self.active is token:
                 self.active = None

@@ -85,6 +85,7 @@ class SplitSpeed:
         self.inside_frames = 0
         self.inside_seconds = 0.0
         self.first_video_seconds: Optional[float] = None   # its setup (compilation, capture) included
+        self.videos_done_at: Optional[float] = None        # when the last video's stream ended
 
     def timed(self, stream: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Pass a video's (frame, ids) stream through, timing it."""
@@ -96,19 +97,25 @@ class SplitSpeed:
                 n_frames += 1
                 yield item
         finally:
+            self.videos_done_at = time.perf_counter()
             if self.first_video_seconds is None:
-                self.first_video_seconds = time.perf_counter() - begun
+                self.first_video_seconds = self.videos_done_at - begun
         self.frames += n_frames
         if first is not None and n_frames > 1:
             self.inside_frames += n_frames - 1
-            self.inside_seconds += time.perf_counter() - first
+            self.inside_seconds += self.videos_done_at - first
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def after_last_video(self) -> float:
+        """Seconds since the last video's stream ended (scoring the last videos, the tables)."""
+        return 0.0 if self.videos_done_at is None else time.perf_counter() - self.videos_done_at
 
     def summary(self) -> str:
         elapsed = max(self.elapsed(), 1e-9)
         inside = self.inside_frames / max(self.inside_seconds, 1e-9)
         first = '' if self.first_video_seconds is None else f'; the first video {self.first_video_seconds:.1f} s'
         return (f'{self.frames} frames: {inside:.1f} frames/s inside the videos, {self.frames / elapsed:.1f} '
-                f'frames/s over the split ({elapsed:.1f} s, per-video setup included{first})')
+                f'frames/s over the split ({elapsed:.1f} s, per-video setup included{first}; '
+                f'{self.after_last_video():.1f} s after the last video)')

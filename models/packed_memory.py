@@ -106,6 +106,11 @@ class PackedMemoryBank:
     def capacity(self) -> int:
         return 0 if self.keys is None else self.keys.shape[1]
 
+    def nbytes(self) -> int:
+        """The bytes of GPU memory the buffers hold."""
+        buffers = (self.keys, self.values, self.slot_count, self.slot_sum, self.slot_age)
+        return sum(b.numel() * b.element_size() for b in buffers if b is not None)
+
     def will_reallocate(self) -> bool:
         """True when the next write_latest allocates new buffers (a captured graph is then stale)."""
         return self.n_kept + 1 > self.capacity

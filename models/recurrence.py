@@ -48,7 +48,7 @@ class FrameRecurrence:
     def __init__(self, network: torch.nn.Module, counts: Sequence[int], memorize_every: int,
                  regional_read: bool = False, fast: bool = False,
                  expected_frames: Optional[int] = None, flow_net: Optional[torch.nn.Module] = None,
-                 max_memory_frames: int = 0):
+                 max_memory_frames: int = 0, graph_pool: Optional[Tuple[int, int]] = None):
         if memorize_every < 1:
             raise ValueError(f'memorize_every must be >= 1, got {memorize_every}')
         self.network = network
@@ -58,6 +58,7 @@ class FrameRecurrence:
         self.regional_read = regional_read or fast
         self.fast = fast
         self.max_memory_frames = max_memory_frames
+        self.graph_pool = graph_pool
         self.expect(expected_frames)
 
     def expect(self, expected_frames: Optional[int]) -> None:
@@ -83,9 +84,10 @@ class FrameRecurrence:
             self.prev_frame, self.prev_probs = frame.clone(), masks.clone()
             self.frame_in = torch.empty_like(frame)
             self.flow_in: Optional[torch.Tensor] = None
+            self.flow_out: Optional[torch.Tensor] = None
             self.new_masks_in = torch.zeros_like(masks)
             self.new_flag = torch.zeros(1, dtype=torch.bool, device=frame.device)
-            self.graphed = GraphedStep(self._graph_step, enabled=frame.is_cuda)
+            self.graphed = GraphedStep(self._graph_step, enabled=frame.is_cuda, pool=self.graph_pool)
         else:
             self.memory = self._new_memory()
             self.prev_frame, self.prev_probs = frame, masks
@@ -96,6 +98,11 @@ class FrameRecurrence:
         if self.regional_read:
             return PackedMemoryBank(self.expected_kept, self.max_memory_frames)
         return MemoryBank(self.max_memory_frames)
+
+    def memory_bytes(self) -> int:
+        """The bytes the fast path's preallocated memory holds (0 for the dense read)."""
+        memory = getattr(self, 'memory', None)
+        return memory.nbytes() if isinstance(memory, PackedMemoryBank) else 0
 
     def _same_shapes(self, frame: torch.Tensor, masks: torch.Tensor) -> bool:
         previous = getattr(self, 'prev_frame', None)
@@ -189,11 +196,18 @@ class FrameRecurrence:
         return probs
 
     def _graph_step(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The captured step. What it leaves for later (the probabilities, the flow, the state)
+        lives in buffers allocated outside the capture, so captures may share a memory pool."""
         probs, flow = self._frame_t(self.prev_frame, self.prev_probs, self.frame_in, self.flow_in,
                                     self.new_masks_in, self.new_flag)
         self.prev_frame.copy_(self.frame_in)
         self.prev_probs.copy_(probs)
-        return probs, flow
+        if self.flow_in is not None:
+            return self.prev_probs, self.flow_in
+        if self.flow_out is None:           # the eager first call, before the capture
+            self.flow_out = torch.empty_like(flow)
+        self.flow_out.copy_(flow)
+        return self.prev_probs, self.flow_out
 
     def _background_only(self, frame: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = frame.shape

@@ -45,8 +45,8 @@ def run(core, frames, masks, flow, new_masks=None):
 
     core.memory.read = recording_read
     outputs = []
-    for t in range(1, len(frames)):
-        outputs.append(core.step(frames[t], flow, (new_masks or {}).get(t)))
+    for t in range(1, len(frames)):     # the fast path's step overwrites its output buffer
+        outputs.append(core.step(frames[t], flow, (new_masks or {}).get(t)).clone())
         kept.append(len(core.memory))
     return outputs, read_sizes, kept
 

@@ -211,12 +211,40 @@ def test_videos_in_a_row_reuse_the_graphs_on_the_gpu(networks, published_clip):
     seg = segmenter(networks, 'cuda', FRAME_SCALES=[1.0, 1.25], FLIP_LR=True)
     other = [np.ascontiguousarray(frame[:, ::-1]) for frame in frames[:5]]
     list(seg.segment(other, np.ascontiguousarray(first_mask[:, ::-1])))
-    recurrence = seg.branches[1][0].recurrence
+    recurrence = seg.branches[0].recurrence
     graph = recurrence.graphed.graph
     again = probabilities(seg, frames, first_mask)
-    assert seg.branches[1][0].recurrence is recurrence and recurrence.graphed.graph is graph
+    assert seg.branches[0].recurrence is recurrence and recurrence.graphed.graph is graph
     fresh = probabilities(segmenter(networks, 'cuda', FRAME_SCALES=[1.0, 1.25], FLIP_LR=True), frames, first_mask)
     assert (again - fresh).abs().max() < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_graphs_are_kept_per_object_count_on_the_gpu(networks, published_clip):
+    """Videos of a split alternate object counts: each count's graphs are captured once and
+    replayed later. The captures share one memory pool, so a replay after another count's
+    captures must still give what a fresh segmenter gives."""
+    frames, first_mask = published_clip
+    one_object = (first_mask == 1).astype(np.uint8)
+    options = dict(FRAME_SCALES=[1.0, 1.25], FLIP_LR=True)
+    seg = segmenter(networks, 'cuda', **options)
+    two = probabilities(seg, frames, first_mask)
+    recurrence = seg.branches[0].recurrence
+    graph = recurrence.graphed.graph
+    one = probabilities(seg, frames, one_object)
+    assert seg.branches[0].recurrence is not recurrence
+    again = probabilities(seg, frames, first_mask)
+    assert seg.branches[0].recurrence is recurrence and recurrence.graphed.graph is graph
+    assert len(seg.prepared) == 2
+    assert (again - two).abs().max() < 1e-5
+    fresh = probabilities(segmenter(networks, 'cuda', **options), frames, one_object)
+    assert (one - fresh).abs().max() < 1e-5
+    single = segmenter(networks, 'cuda', KEPT_CAPTURES=1, **options)
+    probabilities(single, frames, first_mask)
+    kept = single.branches[0].recurrence
+    probabilities(single, frames, one_object)
+    probabilities(single, frames, first_mask)
+    assert single.branches[0].recurrence is not kept and len(single.prepared) == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')

@@ -33,10 +33,10 @@ def test_split_speed_counts_every_frame_and_keeps_the_first_video_apart(monkeypa
     for n_frames in (3, 1, 2):
         assert len(list(speed.timed(iter(range(n_frames))))) == n_frames
     assert speed.frames == 6 and speed.inside_frames == 2 + 1      # frame 0 of each video is setup
-    # video 1: begins at 1, first mask at 2, ends at 3 (first video: 2 s) and 4 (inside: 2 s);
+    # video 1: begins at 1, first mask at 2, ends at 3 (first video: 2 s, inside: 1 s);
     # video 2 (one frame): nothing inside; video 3: first mask at 8, ends at 9 (inside: 1 s)
-    assert speed.first_video_seconds == 2.0 and speed.inside_seconds == 3.0
-    assert speed.elapsed() == 10.0
+    assert speed.first_video_seconds == 2.0 and speed.inside_seconds == 2.0
+    assert speed.after_last_video() == 1.0 and speed.elapsed() == 11.0
 
 
 def test_runs_without_a_name_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import tempfile
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -94,7 +94,8 @@ def synthetic_clip(n_frames: int, n_objects: int, height: int, width: int, seed:
     return clip, clip.first_mask
 
 
-def path_cfg(path: str, scales: List[float], flip: bool, max_memory_frames: int):
+def path_cfg(path: str, scales: List[float], flip: bool, max_memory_frames: int,
+             kept_captures: int = default_cfg.TEST.KEPT_CAPTURES):
     """The config of one measured path."""
     regional, precision = PATHS[path]
     cfg = copy.deepcopy(default_cfg)
@@ -103,6 +104,7 @@ def path_cfg(path: str, scales: List[float], flip: bool, max_memory_frames: int)
     cfg.TEST.FRAME_SCALES = list(scales)
     cfg.TEST.FLIP_LR = flip
     cfg.TEST.MAX_MEMORY_FRAMES = max_memory_frames
+    cfg.TEST.KEPT_CAPTURES = kept_captures
     return cfg
 
 
@@ -123,19 +125,21 @@ def run_once(tflownet, rmnet, frames, first_mask, cfg) -> Dict[str, float]:
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     assert n_masks == len(frames)
-    memory = segmenter.branches[1][0].recurrence.memory
+    memory = segmenter.branches[0].recurrence.memory
     region = memory.region_fraction() if isinstance(memory, PackedMemoryBank) else None   # dense: no boxes kept
     return {'fps': len(frames) / elapsed, 'region_fraction': region,
             'peak_gib': torch.cuda.max_memory_allocated() / 2 ** 30,
             'peak_above_weights_gib': (torch.cuda.max_memory_allocated() - base) / 2 ** 30}
 
 
-def write_split(root: str, n_videos: int, n_frames: int, height: int, width: int) -> None:
-    """A DAVIS 2017 layout of synthetic videos (JPEG frames, palette ground truth) under root."""
+def write_split(root: str, n_videos: int, n_frames: int, height: int, width: int,
+                object_counts: Sequence[int]) -> None:
+    """A DAVIS 2017 layout of synthetic videos (JPEG frames, palette ground truth) under root;
+    video i has object_counts[i % len(object_counts)] objects, as a real split mixes them."""
     from utils.io import write_image, write_palette_mask
     names = [f'synthetic{i:03d}' for i in range(n_videos)]
     for i, name in enumerate(names):
-        clip = SyntheticClip(n_frames, 2, height, width, seed=i)
+        clip = SyntheticClip(n_frames, object_counts[i % len(object_counts)], height, width, seed=i)
         for t in range(n_frames):
             frame, ids = clip.frame_and_ids(t)
             write_image(os.path.join(root, 'JPEGImages', '480p', name, f'{t:05d}.jpg'), frame)
@@ -151,30 +155,37 @@ def run_split(weights: str, root: str, out: str, cfg) -> Dict[str, float]:
     from core.test import test_net
     cfg.DATASETS.DAVIS.ROOT = root
     speed = SplitSpeed()
+    started = time.perf_counter()
     test_net(cfg, weights, dataset='DAVIS', split='val', out_dir=out, speed=speed)
-    elapsed = speed.elapsed()
+    elapsed, after = speed.elapsed(), speed.after_last_video()
     return {'fps_inside_videos': speed.inside_frames / max(speed.inside_seconds, 1e-9),
-            'fps_over_split': speed.frames / max(elapsed, 1e-9), 'frames': speed.frames,
-            'first_video_s': speed.first_video_seconds, 'split_s': elapsed}
+            'fps_over_split': speed.frames / max(elapsed, 1e-9), 'split_frames_total': speed.frames,
+            'first_video_s': speed.first_video_seconds, 'split_s': elapsed,
+            'after_last_video_s': after, 'model_loading_s': speed.start - started}
 
 
 def benchmark_split(args, tflownet, rmnet, results) -> None:
     from utils.checkpoint import published_checkpoint, save_checkpoint
     height, width = args.split_size
     with tempfile.TemporaryDirectory() as folder:
-        write_split(os.path.join(folder, 'DAVIS'), args.split_videos, args.split_frames, height, width)
+        write_split(os.path.join(folder, 'DAVIS'), args.split_videos, args.split_frames, height, width,
+                    args.split_objects)
         weights = os.path.join(folder, 'weights.pth')
         save_checkpoint(weights, published_checkpoint(tflownet, rmnet))
-        print(f'split of {args.split_videos} videos x {args.split_frames} frames at {width}x{height}')
+        print(f'split of {args.split_videos} videos x {args.split_frames} frames at {width}x{height}, '
+              f'objects {" ".join(map(str, args.split_objects))} in turn')
         for path in args.paths:
-            cfg = path_cfg(path, args.scales, args.flip, args.max_memory_frames)
+            cfg = path_cfg(path, args.scales, args.flip, args.max_memory_frames, args.kept_captures)
             measured = run_split(weights, os.path.join(folder, 'DAVIS'), os.path.join(folder, f'out-{path}'), cfg)
             results['runs'].append({'split_videos': args.split_videos, 'frames': args.split_frames,
+                                    'objects': list(args.split_objects), 'kept_captures': args.kept_captures,
                                     'size': [height, width], 'path': path, **measured})
             first = measured['first_video_s']
             print(f'{path:>12}: {measured["fps_inside_videos"]:.1f} fps inside the videos, '
                   f'{measured["fps_over_split"]:.1f} fps over the split ({measured["split_s"]:.1f} s'
-                  + ('' if first is None else f', the first video {first:.1f} s of it') + ')', flush=True)
+                  + ('' if first is None else f', the first video {first:.1f} s of it')
+                  + f', {measured["after_last_video_s"]:.1f} s after the last video; model loading '
+                  f'{measured["model_loading_s"]:.1f} s before it)', flush=True)
 
 
 def main(argv: List[str] = None) -> None:
@@ -198,6 +209,10 @@ def main(argv: List[str] = None) -> None:
                         help='instead of clips: time --test end to end on a split of this many videos')
     parser.add_argument('--split-frames', type=int, default=67, help='frames of each video of the split')
     parser.add_argument('--split-size', type=int, nargs=2, default=[240, 427], metavar=('H', 'W'))
+    parser.add_argument('--split-objects', type=int, nargs='+', default=[1, 2, 3],
+                        help='object counts of the split\'s videos, in turn')
+    parser.add_argument('--kept-captures', type=int, default=default_cfg.TEST.KEPT_CAPTURES,
+                        help='TEST.KEPT_CAPTURES of the split mode (1: a capture per change of objects or size)')
     parser.add_argument('--out', default='benchmark.json')
     args = parser.parse_args(argv)
     import torch

@@ -120,6 +120,9 @@ def check_test_options(cfg: edict) -> None:
     if test.MAX_MEMORY_FRAMES < 0:
         raise ConfigError(f'TEST.MAX_MEMORY_FRAMES must be 0 (keep every memorised frame) or the number '
                           f'of recent memorised frames to keep, got {test.MAX_MEMORY_FRAMES}')
+    if test.KEPT_CAPTURES < 1:
+        raise ConfigError(f'TEST.KEPT_CAPTURES must be at least 1 (the video being segmented), '
+                          f'got {test.KEPT_CAPTURES}')
     scales = list(test.FRAME_SCALES)
     if not scales:
         raise ConfigError('TEST.FRAME_SCALES is empty; give at least one scale, e.g. [1.0]')

@@ -1,5 +1,5 @@
 """Replaying a fixed-shape GPU step as a CUDA graph."""
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -7,11 +7,17 @@ import torch
 class GraphedStep:
     """Runs `step` (a function of fixed buffers, no host synchronisation) eagerly the first
     time, which does the real work and warms up kernels, then captures it; later calls replay
-    the capture. `reset` forces a new capture (after buffers were reallocated)."""
+    the capture. `reset` forces a new capture (after buffers were reallocated).
 
-    def __init__(self, step: Callable[[], Any], enabled: bool = True):
+    pool: a memory pool shared with other captures (torch.cuda.graph_pool_handle()). Only
+    safe when every tensor a replay leaves for later (its outputs, the state it updates)
+    lives outside the pool, so that one capture's temporaries may overlap another's."""
+
+    def __init__(self, step: Callable[[], Any], enabled: bool = True,
+                 pool: Optional[Tuple[int, int]] = None):
         self.step = step
         self.enabled = enabled
+        self.pool = pool
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.outputs: Any = None
 
@@ -26,7 +32,7 @@ class GraphedStep:
             return self.outputs
         outputs = self.step()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self.pool):
             self.outputs = self.step()
         self.graph = graph
         return outputs

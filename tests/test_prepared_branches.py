@@ -1,0 +1,61 @@
+"""PreparedBranches: the branches of earlier videos kept by key, bounded in count and memory."""
+import pytest
+
+from core.prepared_branches import IDLE_MEMORY_BYTES, PreparedBranches
+
+
+class Recurrence:
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+    def memory_bytes(self) -> int:
+        return self.nbytes
+
+
+class Branch:
+    """A branch whose two recurrences hold `nbytes` of memory each."""
+
+    def __init__(self, nbytes: int = 0):
+        self.recurrence, self.mirrored = Recurrence(nbytes), Recurrence(nbytes)
+
+
+def build(built, key, nbytes=0):
+    def make():
+        built.append(key)
+        return [Branch(nbytes)]
+    return make
+
+
+def test_kept_branches_are_reused_and_the_least_recent_go_first():
+    prepared, built = PreparedBranches(max_kept=2), []
+    a = prepared.get('a', build(built, 'a'))
+    prepared.get('b', build(built, 'b'))
+    assert prepared.get('a', build(built, 'a')) is a           # a is now the most recent
+    prepared.get('c', build(built, 'c'))                         # b goes
+    assert built == ['a', 'b', 'c'] and list(prepared.kept) == ['a', 'c']
+    prepared.get('b', build(built, 'b'))
+    assert built[-1] == 'b' and list(prepared.kept) == ['c', 'b']
+
+
+def test_idle_branches_are_bounded_in_memory():
+    prepared, built = PreparedBranches(max_kept=8), []
+    large = IDLE_MEMORY_BYTES // 3            # both recurrences: two thirds of the bound
+    prepared.get('long', build(built, 'long', large))
+    prepared.get('short', build(built, 'short', 1))
+    prepared.trim()
+    assert list(prepared.kept) == ['long', 'short']            # idle: within the bound
+    prepared.get('longer', build(built, 'longer', large))
+    prepared.trim()
+    assert list(prepared.kept) == ['long', 'short', 'longer']  # the current video is never idle
+    prepared.get('next', build(built, 'next', 1))
+    assert list(prepared.kept) == ['short', 'longer', 'next']  # idle long + longer passed the bound
+
+
+def test_one_kept_means_a_new_key_replaces_the_last():
+    prepared, built = PreparedBranches(max_kept=1), []
+    prepared.get('a', build(built, 'a'))
+    prepared.get('b', build(built, 'b'))
+    prepared.get('a', build(built, 'a'))
+    assert built == ['a', 'b', 'a'] and len(prepared) == 1
+    with pytest.raises(ValueError):
+        PreparedBranches(max_kept=0)
