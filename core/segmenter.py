@@ -35,6 +35,7 @@ from models.recurrence import FrameRecurrence
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import load_networks
+from utils.cuda_graph import SharedGraphPool
 
 __all__ = ['SegmentationError', 'VideoSegmenter', 'network_size', 'pick_device']
 
@@ -161,7 +162,7 @@ class VideoSegmenter:
             self._initialise_gpu_libraries()
         # the branches of earlier (object count, size) pairs, kept with their graphs on the fast path
         self.prepared = PreparedBranches(int(test.KEPT_CAPTURES) if self.fast else 1)
-        self.graph_pool = torch.cuda.graph_pool_handle() if self.fast else None
+        self.graph_pool = SharedGraphPool(self.device) if self.fast else None
         self.branches: List[ScaleBranch] = []          # those of the video being segmented
 
     @torch.no_grad()
@@ -267,7 +268,8 @@ class VideoSegmenter:
         def recurrence(flow_net: Optional[TinyFlowNet]) -> FrameRecurrence:
             return FrameRecurrence(self.rmnet, [n_objects], self.memorize_every, self.regional_read,
                                    fast=self.fast, expected_frames=expected_frames, flow_net=flow_net,
-                                   max_memory_frames=self.max_memory_frames, graph_pool=self.graph_pool)
+                                   max_memory_frames=self.max_memory_frames,
+                                   graph_pool=self.graph_pool.handle if self.fast else None)
 
         def build() -> List[ScaleBranch]:
             return [ScaleBranch(scale, recurrence(self.tflownet), recurrence(None) if self.flip else None,

@@ -248,6 +248,23 @@ def test_graphs_are_kept_per_object_count_on_the_gpu(networks, published_clip):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_a_lone_graph_is_captured_again_into_the_shared_pool_on_the_gpu(networks, published_clip):
+    """The segmenter's only graph goes (a longer video reallocates the memory; another object
+    count evicts the kept one) and the next capture goes into the same memory pool."""
+    frames, first_mask = published_clip
+    one_object = (first_mask == 1).astype(np.uint8)
+    seg = segmenter(networks, 'cuda', KEPT_CAPTURES=1)
+    probabilities(seg, frames[:3], first_mask)
+    longer = probabilities(seg, frames, first_mask)
+    other = probabilities(seg, frames, one_object)
+    again = probabilities(seg, frames, first_mask)
+    fresh = probabilities(segmenter(networks, 'cuda'), frames, first_mask)
+    assert (longer - fresh).abs().max() < 1e-5 and (again - fresh).abs().max() < 1e-5
+    fresh_one = probabilities(segmenter(networks, 'cuda'), frames, one_object)
+    assert (other - fresh_one).abs().max() < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 @pytest.mark.parametrize('flip', [False, True])
 def test_fast_test_time_augmentation_on_the_gpu(networks, published_clip, flip):
     """A CUDA graph per variant gives the dense path's result, and the published one. With flip,

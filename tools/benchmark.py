@@ -176,9 +176,11 @@ def benchmark_split(args, tflownet, rmnet, results) -> None:
               f'objects {" ".join(map(str, args.split_objects))} in turn')
         for path in args.paths:
             cfg = path_cfg(path, args.scales, args.flip, args.max_memory_frames, args.kept_captures)
+            cfg.TEST.EVAL_WORKERS = args.eval_workers
             measured = run_split(weights, os.path.join(folder, 'DAVIS'), os.path.join(folder, f'out-{path}'), cfg)
             results['runs'].append({'split_videos': args.split_videos, 'frames': args.split_frames,
                                     'objects': list(args.split_objects), 'kept_captures': args.kept_captures,
+                                    'eval_workers': args.eval_workers,
                                     'size': [height, width], 'path': path, **measured})
             first = measured['first_video_s']
             print(f'{path:>12}: {measured["fps_inside_videos"]:.1f} fps inside the videos, '
@@ -211,6 +213,8 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument('--split-size', type=int, nargs=2, default=[240, 427], metavar=('H', 'W'))
     parser.add_argument('--split-objects', type=int, nargs='+', default=[1, 2, 3],
                         help='object counts of the split\'s videos, in turn')
+    parser.add_argument('--eval-workers', type=int, default=default_cfg.TEST.EVAL_WORKERS,
+                        help='TEST.EVAL_WORKERS of the split mode (processes scoring videos)')
     parser.add_argument('--kept-captures', type=int, default=default_cfg.TEST.KEPT_CAPTURES,
                         help='TEST.KEPT_CAPTURES of the split mode (1: a capture per change of objects or size)')
     parser.add_argument('--out', default='benchmark.json')

@@ -9,9 +9,9 @@ class GraphedStep:
     time, which does the real work and warms up kernels, then captures it; later calls replay
     the capture. `reset` forces a new capture (after buffers were reallocated).
 
-    pool: a memory pool shared with other captures (torch.cuda.graph_pool_handle()). Only
-    safe when every tensor a replay leaves for later (its outputs, the state it updates)
-    lives outside the pool, so that one capture's temporaries may overlap another's."""
+    pool: a memory pool shared with other captures (SharedGraphPool.handle). Only safe when
+    every tensor a replay leaves for later (its outputs, the state it updates) lives outside
+    the pool, so that one capture's temporaries may overlap another's."""
 
     def __init__(self, step: Callable[[], Any], enabled: bool = True,
                  pool: Optional[Tuple[int, int]] = None):
@@ -36,3 +36,16 @@ class GraphedStep:
             self.outputs = self.step()
         self.graph = graph
         return outputs
+
+
+class SharedGraphPool:
+    """One memory pool for captures that never run at the same time. PyTorch releases a pool
+    when the last graph captured into it goes, and a later capture into the same id then
+    fails; a one-kernel graph, never replayed, keeps it alive as long as this object."""
+
+    def __init__(self, device: torch.device):
+        self.handle = torch.cuda.graph_pool_handle()
+        self._counter = torch.zeros(1, device=device)
+        self._keeper = torch.cuda.CUDAGraph()
+        with torch.cuda.device(device), torch.cuda.graph(self._keeper, pool=self.handle):
+            self._counter.add_(1)
