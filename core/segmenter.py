@@ -13,8 +13,9 @@ published multi-scale test does. Object ids and channels: models.object_manager.
 On a GPU with TEST.REGIONAL_READ (the default) the fast path runs: a preallocated memory on
 the GPU, the regional read kernel, every variant's per-frame step replayed as its own CUDA
 graph, frames uploaded and masks downloaded asynchronously through pinned buffers (each mask
-is yielded one frame later, when its copy has landed). A video of the same size and object
-count as the one before reuses its buffers and graphs. TEST.PRECISION = 'bf16' adds bf16
+is yielded one frame later, when its copy has landed). The buffers and graphs of each object
+count and size are kept for later videos (TEST.KEPT_CAPTURES, core.prepared_branches), and the
+GPU libraries start with the segmenter. TEST.PRECISION = 'bf16' adds bf16
 autocast and channels-last convolutions. TEST.REGIONAL_READ = False runs the published
 dense read.
 """
