@@ -60,6 +60,12 @@ class ScaleBranch:
             if recurrence is not None:
                 recurrence.expect(expected_frames)
 
+    def release(self) -> None:
+        """Free the GPU memory of its recurrences now."""
+        for recurrence in (self.recurrence, self.mirrored):
+            if recurrence is not None:
+                recurrence.release()
+
     def start(self, frame: torch.Tensor, masks: torch.Tensor) -> List[torch.Tensor]:
         """Frame 0 (1, 3, h, w) at network size and its one-hot masks: the variants' frame-0
         probabilities, at network size."""

@@ -4,8 +4,10 @@ On the fast path a branch's recurrences hold preallocated GPU memory and capture
 whose preparation (first kernels, cuDNN plans, the capture) costs far more than a short video's
 frames. A split's videos come in a few object counts and sizes, so the branches of each
 (object count, channels, network size) are kept, least recently used first out: at most
-`max_kept` of them, and the idle ones together hold at most IDLE_MEMORY_BYTES of memory (a long
-video's memory is large, and its preparation small beside its frames)."""
+`max_kept` of them, and the idle ones other than the latest video's together hold at most
+IDLE_MEMORY_BYTES of memory (a long video's memory is large, and its preparation small beside
+its frames). Evicted branches free their GPU memory at once. The graphs' shared pool (about one
+step's temporaries, core.segmenter) is not counted."""
 import collections
 from typing import Callable, Hashable, List
 
@@ -41,6 +43,12 @@ class PreparedBranches:
         self.kept[key] = branches
         return branches
 
+    def clear(self) -> None:
+        """Free every kept branch's GPU memory."""
+        while self.kept:
+            for branch in self.kept.popitem(last=False)[1]:
+                branch.release()
+
     def trim(self) -> None:
         """Drop idle branches (all but the most recent) beyond the memory bound; call it when a
         video has finished, when its memory has its final size."""
@@ -53,4 +61,7 @@ class PreparedBranches:
         for key in idle:
             if len(self.kept) + room_for <= self.max_kept and idle_bytes <= IDLE_MEMORY_BYTES:
                 break
-            idle_bytes -= branches_memory_bytes(self.kept.pop(key))
+            evicted = self.kept.pop(key)
+            idle_bytes -= branches_memory_bytes(evicted)
+            for branch in evicted:
+                branch.release()

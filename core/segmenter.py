@@ -162,6 +162,8 @@ class VideoSegmenter:
         if self.fast:
             self._initialise_gpu_libraries()
         # the branches of earlier (object count, size) pairs, kept with their graphs on the fast path
+        if int(test.KEPT_CAPTURES) < 1:
+            raise SegmentationError(f'TEST.KEPT_CAPTURES must be at least 1, got {test.KEPT_CAPTURES}')
         self.prepared = PreparedBranches(int(test.KEPT_CAPTURES) if self.fast else 1)
         self.graph_pool = SharedGraphPool(self.device) if self.fast else None
         self.branches: List[ScaleBranch] = []          # those of the video being segmented
@@ -182,6 +184,13 @@ class VideoSegmenter:
             recurrence.start(self._channels_last(frame), masks)
             recurrence.step(self._channels_last(frame))
         torch.cuda.synchronize(self.device)
+
+    def release(self) -> None:
+        """Free the GPU memory of every kept capture now; later videos prepare theirs again."""
+        if self.segmenting:
+            raise SegmentationError('release() is called between videos, not while one is segmented')
+        self.prepared.clear()
+        self.branches = []
 
     @property
     def segmenting(self) -> bool:

@@ -197,7 +197,8 @@ class LossLog:
     starts copying them to pinned host memory and returns those of the read before (long
     copied by then), so the loop never waits for the GPU; `wait` (the end of an epoch) returns
     everything. A non-finite loss stops the run when it is read, naming its step and clips
-    (checkpoints are written only after an epoch whose losses were all read)."""
+    (checkpoints are written only after an epoch whose losses were all read; TensorBoard
+    images of up to 2 x TRAIN.LOG_EVERY steps after it may have been written)."""
 
     def __init__(self, names: Sequence[str]):
         self.names = tuple(names)
@@ -522,12 +523,15 @@ class Trainer:
             return None
         segmenter = VideoSegmenter(None, self.dist.device, cfg=self.cfg, tflownet=self.tflownet, rmnet=self.rmnet)
         scores = []
-        for video in tqdm(videos, desc='Validation', leave=False, dynamic_ncols=True):
-            frames = (read_frame(p) for p in video.frame_paths)
-            first = read_mask(video.given_masks[0])
-            predicted = np.stack(list(segmenter.segment(frames, first)))
-            truth = np.stack([read_mask(video.ground_truth[i]) for i in sorted(video.ground_truth)])
-            scores.append(quick_video_metrics(truth, predicted[sorted(video.ground_truth)]))
+        try:
+            for video in tqdm(videos, desc='Validation', leave=False, dynamic_ncols=True):
+                frames = (read_frame(p) for p in video.frame_paths)
+                first = read_mask(video.given_masks[0])
+                predicted = np.stack(list(segmenter.segment(frames, first)))
+                truth = np.stack([read_mask(video.ground_truth[i]) for i in sorted(video.ground_truth)])
+                scores.append(quick_video_metrics(truth, predicted[sorted(video.ground_truth)]))
+        finally:
+            segmenter.release()          # its graphs and memory would stay on the GPU into training
         metrics = {key: float(np.mean([s[key] for s in scores])) for key in ('J-Mean', 'F-Mean', 'JF-Mean')}
         for key, value in metrics.items():
             self.writer.add_scalar(f'Validation/{key}', value, self.epoch)

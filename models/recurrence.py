@@ -99,6 +99,18 @@ class FrameRecurrence:
             return PackedMemoryBank(self.expected_kept, self.max_memory_frames)
         return MemoryBank(self.max_memory_frames)
 
+    def release(self) -> None:
+        """Free the GPU memory now: the captured graph, the memory and the step's buffers (the
+        graph holds this object's step, a reference cycle the collector would free only later).
+        The next video starts afresh."""
+        graphed = getattr(self, 'graphed', None)
+        if graphed is not None:
+            graphed.reset()
+        for name in ('graphed', 'memory', 'prev_frame', 'prev_probs', 'frame_in', 'flow_in', 'flow_out',
+                     'new_masks_in', 'new_flag', 'flow'):
+            if hasattr(self, name):
+                delattr(self, name)
+
     def memory_bytes(self) -> int:
         """The bytes the fast path's preallocated memory holds (0 for the dense read)."""
         memory = getattr(self, 'memory', None)
@@ -125,7 +137,8 @@ class FrameRecurrence:
         given masks of this frame when objects appear in it. `query`: the frame's
         RMNet.encode_query, when the caller encoded its frames together (not on the fast
         path, whose step is captured whole). Returns probabilities
-        (B, K, H, W); on the fast path they live in a buffer that the next step overwrites."""
+        (B, K, H, W); on the fast path they are the recurrence's own state, which the next
+        step reads and overwrites: read them (or copy them) before it, never change them."""
         if flow is None and self.flow_net is None:
             raise ValueError('no flow given and no flow network to compute it')
         if query is not None and self.fast:

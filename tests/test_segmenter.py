@@ -83,6 +83,23 @@ def test_masks_stream_with_the_given_ids(networks, published_clip):
     assert set(np.unique(np.concatenate(masks))) <= {0, 4, 9}
 
 
+def test_release_frees_the_kept_branches_between_videos_only(networks, published_clip):
+    frames, first_mask = published_clip
+    seg = segmenter(networks)
+    before = list(seg.segment(frames[:3], first_mask))
+    assert len(seg.prepared) == 1
+    seg.release()
+    assert len(seg.prepared) == 0
+    after = list(seg.segment(frames[:3], first_mask))           # prepared again
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    running = seg.segment(frames[:3], first_mask)
+    next(running)
+    with pytest.raises(SegmentationError, match='between videos'):
+        seg.release()
+    with pytest.raises(SegmentationError, match='KEPT_CAPTURES must be at least 1'):
+        segmenter(networks, KEPT_CAPTURES=0)
+
+
 def test_network_size_and_results_at_input_size(networks, published_clip):
     assert network_size(480, 854, 240) == (240, 427)
     assert network_size(150, 270, None) == (150, 270)
@@ -232,7 +249,6 @@ def test_graphs_are_kept_per_object_count_on_the_gpu(networks, published_clip):
     recurrence = seg.branches[0].recurrence
     graph = recurrence.graphed.graph
     one = probabilities(seg, frames, one_object)
-    assert seg.branches[0].recurrence is not recurrence
     again = probabilities(seg, frames, first_mask)
     assert seg.branches[0].recurrence is recurrence and recurrence.graphed.graph is graph
     assert len(seg.prepared) == 2

@@ -9,6 +9,10 @@ second (whole loop: upload, flow, memory, decode, mask download) and peak GPU me
 the memory read's cost grows with it. Random weights (seeded by --seed) segment badly, so
 their boxes are far larger than a trained network's (often the whole frame).
 --scales and --flip measure test-time augmentation (e.g. --scales 0.75 1.0 1.25 --flip).
+--split-videos N times `--test` end to end instead, on a synthetic DAVIS split of N videos
+(--split-frames, --split-size, object counts --split-objects in turn, --kept-captures,
+--eval-workers): frames/s inside the videos and over the split, the first video's time, the
+time after the last video (scoring) and model loading.
 """
 import argparse
 import copy
@@ -226,6 +230,8 @@ def main(argv: List[str] = None) -> None:
     if not torch.cuda.is_available():
         raise UserError('the benchmark needs a CUDA GPU (none is visible to PyTorch)')
     check_new_result(args.out)
+    if args.kept_captures < 1 or args.eval_workers < 1 or min(args.split_objects) < 1:
+        raise UserError('--kept-captures, --eval-workers and --split-objects take numbers of at least 1')
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     torch.manual_seed(args.seed)     # random weights decide how large the regions are: fix them
     tflownet, rmnet = TinyFlowNet(default_cfg), RMNet(default_cfg)

@@ -100,7 +100,7 @@ def profile_clip(tflownet, rmnet, n_frames: int, n_objects: int, precision: str,
     cfg.TEST.PRECISION = precision
     frames, first_mask = synthetic_clip(n_frames, n_objects, *size)
     segmenter = VideoSegmenter(None, device, cfg=cfg, tflownet=tflownet, rmnet=rmnet)
-    for _ in segmenter.segment(frames.head(6), first_mask):   # warm-up: kernels, autotuning, graphs
+    for _ in segmenter.segment(frames.head(6), first_mask):   # warm-up: cuDNN's plans for these shapes
         pass
     segmenter = VideoSegmenter(None, device, cfg=cfg, tflownet=tflownet, rmnet=rmnet)
     stream = segmenter.segment(frames, first_mask)
