@@ -159,11 +159,11 @@ class VideoSegmenter:
         self.active: Optional[object] = None          # the token of the video being segmented
         self.frame_input = _FrameInput(self.device, self.mean, self.std)
         self.mask_buffers: List[torch.Tensor] = []      # pinned, for the downloads of the id masks
+        if int(test.KEPT_CAPTURES) < 1:
+            raise SegmentationError(f'TEST.KEPT_CAPTURES must be at least 1, got {test.KEPT_CAPTURES}')
         if self.fast:
             self._initialise_gpu_libraries()
         # the branches of earlier (object count, size) pairs, kept with their graphs on the fast path
-        if int(test.KEPT_CAPTURES) < 1:
-            raise SegmentationError(f'TEST.KEPT_CAPTURES must be at least 1, got {test.KEPT_CAPTURES}')
         self.prepared = PreparedBranches(int(test.KEPT_CAPTURES) if self.fast else 1)
         self.graph_pool = SharedGraphPool(self.device) if self.fast else None
         self.branches: List[ScaleBranch] = []          # those of the video being segmented
