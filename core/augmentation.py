@@ -54,17 +54,22 @@ class ScaleBranch:
         self.mirrored = mirrored
         self.size = size
 
+    def recurrences(self) -> List[FrameRecurrence]:
+        return [r for r in (self.recurrence, self.mirrored) if r is not None]
+
     def expect(self, expected_frames: Optional[int]) -> None:
         """The length of the next video, when known (sizes its memory once)."""
-        for recurrence in (self.recurrence, self.mirrored):
-            if recurrence is not None:
-                recurrence.expect(expected_frames)
+        for recurrence in self.recurrences():
+            recurrence.expect(expected_frames)
+
+    def memory_bytes(self) -> int:
+        """The bytes its recurrences' preallocated memory holds."""
+        return sum(recurrence.memory_bytes() for recurrence in self.recurrences())
 
     def release(self) -> None:
         """Free the GPU memory of its recurrences now."""
-        for recurrence in (self.recurrence, self.mirrored):
-            if recurrence is not None:
-                recurrence.release()
+        for recurrence in self.recurrences():
+            recurrence.release()
 
     def start(self, frame: torch.Tensor, masks: torch.Tensor) -> List[torch.Tensor]:
         """Frame 0 (1, 3, h, w) at network size and its one-hot masks: the variants' frame-0

@@ -17,8 +17,7 @@ IDLE_MEMORY_BYTES = 1 << 30
 
 
 def branches_memory_bytes(branches: List[ScaleBranch]) -> int:
-    return sum(recurrence.memory_bytes() for branch in branches
-               for recurrence in (branch.recurrence, branch.mirrored) if recurrence is not None)
+    return sum(branch.memory_bytes() for branch in branches)
 
 
 class PreparedBranches:

@@ -4,20 +4,15 @@ import pytest
 from core.prepared_branches import IDLE_MEMORY_BYTES, PreparedBranches
 
 
-class Recurrence:
-    def __init__(self, nbytes: int):
-        self.nbytes = nbytes
+class Branch:
+    """A branch whose recurrences hold 2 x `nbytes` of memory."""
+
+    def __init__(self, nbytes: int = 0):
+        self.nbytes = 2 * nbytes
+        self.released = False
 
     def memory_bytes(self) -> int:
         return self.nbytes
-
-
-class Branch:
-    """A branch whose two recurrences hold `nbytes` of memory each."""
-
-    def __init__(self, nbytes: int = 0):
-        self.recurrence, self.mirrored = Recurrence(nbytes), Recurrence(nbytes)
-        self.released = False
 
     def release(self) -> None:
         self.released = True
@@ -101,7 +96,11 @@ def test_an_evicted_fast_recurrence_frees_its_memory_without_the_collector():
             branch = prepared.get('one', build)[0]
             branch.start(frame, masks)
             branch.step(frame, None)
-        keys = weakref.ref(branch.recurrence.memory.keys)
+        memory = branch.recurrence.memory
+        assert branch.memory_bytes() == memory.keys.nbytes + memory.values.nbytes + sum(
+            buffer.nbytes for buffer in (memory.slot_count, memory.slot_sum, memory.slot_age)) > 0
+        keys = weakref.ref(memory.keys)
+        del memory
         del branch
         prepared.get('two', build)
         assert keys() is None
