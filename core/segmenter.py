@@ -186,9 +186,9 @@ class VideoSegmenter:
         torch.cuda.synchronize(self.device)
 
     def release(self) -> None:
-        """Free the GPU memory of every kept capture now; later videos prepare theirs again."""
-        if self.segmenting:
-            raise SegmentationError('release() is called between videos, not while one is segmented')
+        """Free the GPU memory of every kept capture now; later videos prepare theirs again.
+        A video still being segmented stops at its next frame (its buffers are gone)."""
+        self.active = None
         self.prepared.clear()
         self.branches = []
 
@@ -326,7 +326,8 @@ class VideoSegmenter:
 
     def _check_owner(self, token: object) -> None:
         if self.active is not token:
-            raise SegmentationError('another segment() call took over this segmenter before this video '
+            raise SegmentationError('another segment() call took over this segmenter (or release() freed '
+                                    'it) before this video '
                                     'was done (its buffers and CUDA graphs serve one video at a time): '
                                     'finish one video before starting the next, or use one '
                                     'VideoSegmenter per video')

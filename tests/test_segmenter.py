@@ -83,7 +83,7 @@ def test_masks_stream_with_the_given_ids(networks, published_clip):
     assert set(np.unique(np.concatenate(masks))) <= {0, 4, 9}
 
 
-def test_release_frees_the_kept_branches_between_videos_only(networks, published_clip):
+def test_release_frees_the_kept_branches_and_stops_an_unfinished_video(networks, published_clip):
     frames, first_mask = published_clip
     seg = segmenter(networks)
     before = list(seg.segment(frames[:3], first_mask))
@@ -94,8 +94,9 @@ def test_release_frees_the_kept_branches_between_videos_only(networks, published
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     running = seg.segment(frames[:3], first_mask)
     next(running)
-    with pytest.raises(SegmentationError, match='between videos'):
-        seg.release()
+    seg.release()                                # an interrupted video must not mask its error
+    with pytest.raises(SegmentationError, match=r'release\(\) freed it'):
+        list(running)
     with pytest.raises(SegmentationError, match='KEPT_CAPTURES must be at least 1'):
         segmenter(networks, KEPT_CAPTURES=0)
 
