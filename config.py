@@ -147,5 +147,5 @@ __C.TEST.MAX_MEMORY_FRAMES = 0
 __C.TEST.KEPT_CAPTURES = 8                                # GPU: captured steps kept for this many (objects, size) pairs
 __C.TEST.MAIN_METRIC_NAME = 'JF-Mean'
 __C.TEST.VISUALIZE = False                                # write overlays beside the masks
-__C.TEST.EVAL_WORKERS = 2                                 # processes scoring videos while the next runs (1: inline)
+__C.TEST.EVAL_WORKERS = 4                                 # processes scoring videos while the next runs (1: inline)
 __C.TEST.EXCLUDE_VOID = False                             # False: void (255) is background (official protocol)

@@ -10,6 +10,7 @@ continue exactly: optimizer, scheduler, epoch, curriculum and random states. Ran
 run with its error (nothing is skipped silently).
 """
 import gc
+import itertools
 import logging
 import math
 import os
@@ -284,43 +285,61 @@ class EpochItems(torch.utils.data.Dataset):
         return self.dataset[index]
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """This epoch's order of the training set (seeded by CONST.RNG_SEED and the epoch; with
-    several processes each takes its share, DistributedSampler), as EpochItems keys."""
+class EpochBatches(torch.utils.data.Sampler):
+    """The batches of the planned epochs in turn, as lists of EpochItems keys: each epoch's order
+    of the training set (seeded by CONST.RNG_SEED and the epoch; with several processes each
+    takes its share, DistributedSampler) cut into batches, a partial last one dropped. With the
+    later epochs planned too, the workers load the next epoch's first batches while this one
+    ends (the loader prefetches across the boundary)."""
 
-    def __init__(self, n_items: int, seed: int, dist_info: Distributed):
+    def __init__(self, n_items: int, batch_size: int, seed: int, dist_info: Distributed):
         self.n_items = n_items
+        self.batch_size = batch_size
         self.seed = seed
         self.dist = dist_info
-        self.epoch, self.frame_step = 0, 1
+        self.plan: Tuple[Tuple[int, int], ...] = ((0, 1),)    # (epoch, frame step) in order
+        self.iterated: Optional[Tuple[Tuple[int, int], ...]] = None   # the plan of the latest iteration
+
+    def set_plan(self, epochs: Sequence[Tuple[int, int]]) -> None:
+        self.plan = tuple(epochs)
 
     def set_epoch(self, epoch: int, frame_step: int) -> None:
-        self.epoch, self.frame_step = epoch, frame_step
+        """Plan one epoch only."""
+        self.set_plan(((epoch, frame_step),))
 
-    def _order(self) -> torch.utils.data.Sampler:
+    def _order(self, epoch: int) -> torch.utils.data.Sampler:
         if self.dist.world_size > 1:
             sampler = torch.utils.data.DistributedSampler(range(self.n_items), self.dist.world_size,
                                                           self.dist.rank, shuffle=True, seed=self.seed,
                                                           drop_last=True)
-            sampler.set_epoch(self.epoch)
+            sampler.set_epoch(epoch)
             return sampler
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         return torch.utils.data.RandomSampler(range(self.n_items), generator=generator)
 
+    def batches_per_epoch(self) -> int:
+        return len(self._order(0)) // self.batch_size
+
     def __len__(self) -> int:
-        return len(self._order())
+        return self.batches_per_epoch() * len(self.plan)
 
-    def __iter__(self) -> Iterator[Tuple[int, int, int]]:
-        return ((self.epoch, self.frame_step, int(i)) for i in self._order())
+    def __iter__(self) -> Iterator[List[Tuple[int, int, int]]]:
+        self.iterated = self.plan
+        return self._batches(self.plan)
+
+    def _batches(self, plan: Sequence[Tuple[int, int]]) -> Iterator[List[Tuple[int, int, int]]]:
+        for epoch, step in plan:
+            order = [int(i) for i in self._order(epoch)]
+            for start in range(0, self.batches_per_epoch() * self.batch_size, self.batch_size):
+                yield [(epoch, step, i) for i in order[start:start + self.batch_size]]
 
 
-def training_loader(cfg, dataset: torch.utils.data.Dataset, sampler: EpochSampler,
-                    batch_per_process: int, device: torch.device) -> torch.utils.data.DataLoader:
+def training_loader(cfg, dataset: torch.utils.data.Dataset, batches: EpochBatches,
+                    device: torch.device) -> torch.utils.data.DataLoader:
     """Loading and augmentation in CONST.N_WORKERS worker processes that live across epochs,
     batches prefetched into pinned memory (CUDA) for asynchronous copies to the device."""
     workers = cfg.CONST.N_WORKERS
-    return torch.utils.data.DataLoader(EpochItems(dataset), batch_size=batch_per_process, sampler=sampler,
-                                       num_workers=workers, drop_last=True,
+    return torch.utils.data.DataLoader(EpochItems(dataset), batch_sampler=batches, num_workers=workers,
                                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
 
 
@@ -381,8 +400,11 @@ class Trainer:
         self.validation_videos = validation_videos(cfg)
         self.resumed_from = resume
         self.unvalidated_loss: Optional[float] = None     # a resumed epoch whose validation did not finish
-        self.sampler = EpochSampler(len(self.dataset), cfg.CONST.RNG_SEED, self.dist)
-        self.loader = training_loader(cfg, self.dataset, self.sampler, self.batch_per_process, self.dist.device)
+        self.sampler = EpochBatches(len(self.dataset), self.batch_per_process, cfg.CONST.RNG_SEED, self.dist)
+        self.loader = training_loader(cfg, self.dataset, self.sampler, self.dist.device)
+        self.batches: Optional[Iterator[Dict[str, Any]]] = None   # the loader's iterator
+        self.loading: Tuple[Any, int] = (None, 0)      # its plan (sampler.iterated), epochs taken from it
+        self.last_epoch = int(cfg.TRAIN.N_EPOCHS)
         self.step = TrainingStep(cfg, self.model, self.optimizer, self.scaler, self.dist.device,
                                  self.network_name, self.precision)
         if len(self.dataset) < batch:
@@ -449,18 +471,42 @@ class Trainer:
         if self.cfg.TRAIN.FREEZE_BN and not self.cfg.TRAIN.SYNC_BN:
             freeze_batch_norm(self.trained)
 
+    def epoch_frame_step(self, epoch: int, hold_epochs: int) -> int:
+        return 1 if self.network_name == 'TinyFlowNet' else frame_step(self.cfg, epoch, hold_epochs)
+
+    def epoch_batches(self, step: int) -> Iterator[Dict[str, Any]]:
+        """This epoch's batches, from a loader that goes on loading the epochs after it up to
+        self.last_epoch, their frame steps planned with the curriculum as it stands. A change at
+        validation, an epoch left early or another use of the loader restarts it with the right plan."""
+        plan, taken = self.loading
+        if self.batches is None or self.sampler.iterated is not plan or plan[taken:taken + 1] != ((self.epoch, step),):
+            hold = self.hold_epochs
+            self.sampler.set_plan([(self.epoch, step)] + [
+                (e, self.epoch_frame_step(e, max(0, hold - (e - self.epoch))))
+                for e in range(self.epoch + 1, self.last_epoch + 1)])
+            self.batches = iter(self.loader)
+            plan, taken = self.sampler.iterated, 0
+        self.loading = (plan, taken + 1)
+        n_batches, delivered = self.sampler.batches_per_epoch(), 0
+        try:
+            for batch in itertools.islice(self.batches, n_batches):
+                delivered += 1
+                yield batch
+        finally:
+            if delivered < n_batches:
+                self.batches = None
+
     def train_epoch(self) -> float:
         self.set_train_mode()
-        step = 1 if self.network_name == 'TinyFlowNet' else frame_step(self.cfg, self.epoch, self.hold_epochs)
-        self.sampler.set_epoch(self.epoch, step)
+        step = self.epoch_frame_step(self.epoch, self.hold_epochs)
         log = LossLog(loss_names(self.network_name))
         self.epoch_losses: List[float] = []
         if self.dist.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.dist.device)
         started = time.perf_counter()
-        batches = TimedBatches(self.loader)
+        batches = TimedBatches(self.epoch_batches(step))
         bar = tqdm(batches, desc=f'Epoch {self.epoch}/{self.cfg.TRAIN.N_EPOCHS} (step {step})',
-                   total=len(self.loader), disable=not self.dist.is_main, dynamic_ncols=True)
+                   total=self.sampler.batches_per_epoch(), disable=not self.dist.is_main, dynamic_ncols=True)
         for batch in bar:
             terms, probs = self.train_step(batch)
             log.add(self.global_step, batch.get('name'), terms)
@@ -606,6 +652,7 @@ class Trainer:
         last_epoch = self.cfg.TRAIN.N_EPOCHS if max_epochs is None else min(self.cfg.TRAIN.N_EPOCHS,
                                                                             self.epoch + max_epochs - 1)
         self.summary: Dict[str, Any] = {}
+        self.last_epoch = last_epoch
         if self.unvalidated_loss is not None:
             self._finish_unvalidated_epoch()
         if self.epoch > last_epoch and self.dist.is_main:

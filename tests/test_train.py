@@ -207,15 +207,15 @@ def test_calibration_makes_random_weights_trainable():
 def test_persistent_workers_draw_what_a_fresh_loader_draws(data_root):
     """Workers that live across epochs still see each epoch's seed and frame step."""
     from core.distributed import Distributed
-    from core.train import EpochSampler, training_loader
+    from core.train import EpochBatches, training_loader
     from datasets.video_clips import build_training_set
 
     def epochs(n_workers):
         cfg = training_cfg(data_root)
         cfg.CONST.N_WORKERS = n_workers
         dataset = build_training_set(cfg)
-        sampler = EpochSampler(len(dataset), cfg.CONST.RNG_SEED, Distributed(0, 1, torch.device('cpu')))
-        loader = training_loader(cfg, dataset, sampler, 1, torch.device('cpu'))
+        sampler = EpochBatches(len(dataset), 1, cfg.CONST.RNG_SEED, Distributed(0, 1, torch.device('cpu')))
+        loader = training_loader(cfg, dataset, sampler, torch.device('cpu'))
         assert loader.persistent_workers == (n_workers > 0)
         drawn = []
         for epoch, step in ((1, 1), (2, 3), (3, 2)):
@@ -229,6 +229,43 @@ def test_persistent_workers_draw_what_a_fresh_loader_draws(data_root):
         for (_, frames_p, labels_p), (_, frames_f, labels_f) in zip(epoch_p, epoch_f):
             assert torch.equal(frames_p, frames_f) and torch.equal(labels_p, labels_f)
     assert not torch.equal(persistent[0][0][1], persistent[1][0][1])   # epochs differ
+
+
+def test_loading_goes_on_across_epochs_with_each_epochs_own_clips(data_root, tmp_path):
+    """The loader goes on into the next epochs (planned with the curriculum) and each epoch gets
+    the clips a fresh loader draws for it; a frame step changed at validation restarts it."""
+    from core.distributed import Distributed
+    from core.train import EpochBatches, frame_step, training_loader
+    from datasets.video_clips import build_training_set
+
+    cfg = training_cfg(data_root, N_EPOCHS=60)
+    changed = next(e for e in range(3, 60) if frame_step(cfg, e, 0) != 1)   # a hold makes it 1
+    cfg.CONST.N_WORKERS = 1
+    trainer = Trainer(cfg, str(tmp_path / 'run'))
+    seen = []
+    trainer.step = lambda batch: (seen.append((trainer.epoch, batch['name'], batch['frames'])),
+                                  (torch.zeros(3), None))[1]
+    trainer.last_epoch = changed + 1
+    plans = []
+    for epoch in range(changed - 2, changed + 2):
+        trainer.epoch = epoch
+        trainer.hold_epochs = 1 if epoch == changed else 0
+        trainer.train_epoch()
+        plans.append(trainer.sampler.iterated)
+    assert plans[1] is plans[0] and plans[3] is plans[2] and plans[2] is not plans[1]
+    assert plans[0][0] == (changed - 2, frame_step(cfg, changed - 2, 0)) and plans[2][0] == (changed, 1)
+
+    fresh_cfg = training_cfg(data_root, N_EPOCHS=60)
+    dataset = build_training_set(fresh_cfg)
+    sampler = EpochBatches(len(dataset), 1, cfg.CONST.RNG_SEED, Distributed(0, 1, torch.device('cpu')))
+    loader = training_loader(fresh_cfg, dataset, sampler, torch.device('cpu'))
+    expected = []
+    for epoch in range(changed - 2, changed + 2):
+        sampler.set_epoch(epoch, 1 if epoch == changed else frame_step(cfg, epoch, 0))
+        expected += [(epoch, b['name'], b['frames']) for b in loader]
+    assert len(seen) == len(expected) == 4 * sampler.batches_per_epoch()
+    for (epoch, names, frames), (epoch_f, names_f, frames_f) in zip(seen, expected):
+        assert (epoch, names) == (epoch_f, names_f) and torch.equal(frames, frames_f)
 
 
 def test_losses_are_read_in_order_and_a_non_finite_one_names_its_step():
