@@ -27,6 +27,7 @@ from tqdm import tqdm
 from core.distributed import Distributed, broadcast_object, setup_distributed
 from core.segmenter import VideoSegmenter
 from datasets.registry import SPLITS, list_videos
+from datasets.transforms import normalise_frames
 from datasets.video import Video
 from datasets.video_clips import build_training_set, max_frame_step
 from models.initialization import calibrate_random_rmnet, init_new_layers
@@ -129,6 +130,12 @@ def no_stage_mark(stage: str) -> None:
     """The default stage hook of TrainingStep: training does not time its stages."""
 
 
+def frame_statistics(cfg, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CONST.DATASET_MEAN and DATASET_STD as (3,) float32 tensors on `device` (normalise_frames)."""
+    return (torch.tensor(cfg.CONST.DATASET_MEAN, dtype=torch.float32, device=device),
+            torch.tensor(cfg.CONST.DATASET_STD, dtype=torch.float32, device=device))
+
+
 class TrainingStep:
     """One optimiser step on a batch, queued on the device without waiting for it.
 
@@ -149,6 +156,7 @@ class TrainingStep:
         self.network_name = network_name
         self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision)
         self.mark = mark
+        self.mean, self.std = frame_statistics(cfg, device)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
@@ -157,10 +165,15 @@ class TrainingStep:
     def to_device(self, batch: Dict[str, Any], key: str) -> torch.Tensor:
         return batch[key].to(self.device, non_blocking=True)
 
+    def frames(self, batch: Dict[str, Any]) -> torch.Tensor:
+        """The batch's frames on the device, brightened and normalised."""
+        return normalise_frames(self.to_device(batch, 'frames'), batch['brightness'], batch['channel_order'],
+                                self.mean, self.std)
+
     def losses(self, batch: Dict[str, Any]) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
         """The loss terms of one batch and, for RMNet, its probabilities."""
         self.mark('forward')
-        frames, labels = self.to_device(batch, 'frames'), self.to_device(batch, 'labels').long()
+        frames, labels = self.frames(batch), self.to_device(batch, 'labels').long()
         flows = self.to_device(batch, 'flows')
         ignore_index = self.cfg.CONST.IGNORE_IDX
         if self.network_name == 'TinyFlowNet':
@@ -426,7 +439,7 @@ class Trainer:
             self.sampler.set_epoch(0, 1)
             batches = []
             for batch, _ in zip(self.loader, range(n_batches)):
-                frames = batch['frames'][:, 0].to(self.dist.device)
+                frames = self.step.frames(batch)[:, 0]
                 masks = batch['masks'][:, 0, 1:2].to(self.dist.device).float()
                 batches.append((frames, masks))
             calibrate_random_rmnet(self.rmnet, batches)
@@ -552,10 +565,7 @@ class Trainer:
             bar.set_postfix(loss=f'{records[-1][1]["loss"]:.4f}')
 
     def _log_images(self, batch: Dict[str, Any], probs: torch.Tensor) -> None:
-        mean = np.array(self.cfg.CONST.DATASET_MEAN)
-        std = np.array(self.cfg.CONST.DATASET_STD)
-        frame = batch['frames'][0, -1].permute(1, 2, 0).numpy() * std + mean
-        frame = (frame.clip(0, 1) * 255).astype(np.uint8)
+        frame = batch['frames'][0, -1].permute(1, 2, 0).numpy()
         predicted = probs[0, -1].argmax(0).cpu().numpy().astype(np.uint8)
         truth = batch['labels'][0, -1].numpy().astype(np.uint8)
         picture = np.concatenate([overlay(frame, truth), overlay(frame, predicted)], axis=1)

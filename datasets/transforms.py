@@ -1,11 +1,14 @@
 """Training augmentations of a clip, composed per stage from the config (SPEC 5 order).
 
 A clip is a dict:
-    frames: list of (H, W, 3) uint8 RGB (float32 after Brightness / Normalize),
+    frames: list of (H, W, 3) uint8 RGB,
     masks:  list of (H, W) uint8 object ids, 255 = ignore (one-hot (K, H, W) after ToOneHot),
     flows:  list of (H, W, 2) float32 backward flows: pixel p of frame t came from p + flow(p) in
             frame t-1; the flow of frame 0 is zero (its predecessor is not in the clip).
-ToOneHot adds `labels` (list of (H, W) uint8 channel indexes, 255 kept) and `n_objects`.
+ToOneHot adds `labels` (list of (H, W) uint8 channel indexes, 255 kept) and `n_objects`,
+Brightness its factor `brightness`, RandomChannelPermutation its `channel_order`. The frames
+stay bytes to the device, where `normalise_frames` applies the brightness and the normalisation
+(the same float32 operations as on the host, bit for bit: a quarter of the bytes to copy).
 
 Every transform is called as transform(clip, rng) with a numpy Generator and returns a new clip;
 all randomness comes from that generator, so a clip is reproducible from its seed.
@@ -222,53 +225,63 @@ class ToOneHot:
 
 
 class Brightness:
-    """Multiply every frame by one random factor from `factor_range` (clipped to 0..255)."""
+    """One random factor from `factor_range` for every frame of the clip (`brightness`), applied
+    by normalise_frames: frames times the factor, clipped to 0..255."""
 
     def __init__(self, factor_range: Sequence[float]):
         self.factor_range = tuple(factor_range)
 
     def __call__(self, clip: Clip, rng: np.random.Generator) -> Clip:
-        factor = rng.uniform(*self.factor_range)
-        return {**clip, 'frames': [np.clip(f.astype(np.float32) * factor, 0, 255)
-                                   for f in clip['frames']]}
-
-
-class Normalize:
-    """Frames in 0..255 -> float32 ((x / 255) - mean) / std per RGB channel."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
-
-    def __call__(self, clip: Clip, rng: np.random.Generator) -> Clip:
-        return {**clip, 'frames': [(f.astype(np.float32) / 255.0 - self.mean) / self.std
-                                   for f in clip['frames']]}
+        return {**clip, 'brightness': rng.uniform(*self.factor_range)}
 
 
 class RandomChannelPermutation:
-    """Shuffle the colour channels, the same way for every frame of the clip."""
+    """Shuffle the colour channels, the same way for every frame of the clip: channel c becomes
+    channel channel_order[c], normalised later with that channel's mean and std (the same as
+    permuting after the brightness and the normalisation, which treat channels alike or apart)."""
 
     def __call__(self, clip: Clip, rng: np.random.Generator) -> Clip:
         order = rng.permutation(3)
-        return {**clip, 'frames': [f[..., order] for f in clip['frames']]}
+        return {**clip, 'frames': [f[..., order] for f in clip['frames']], 'channel_order': order}
+
+
+def normalise_frames(frames: torch.Tensor, brightness: torch.Tensor, channel_order: torch.Tensor,
+                     mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Frames as the network takes them, on the frames' device: (B, T, 3, H, W) uint8 of B clips
+    with their (B,) brightness factors and (B, 3) channel orders (host tensors are copied without
+    waiting: pin them) -> float32 ((clip(x * brightness, 0, 255) / 255) - mean) / std, each
+    channel with its own entry of the (3,) float32 mean and std (on the frames' device)."""
+    device, batch = frames.device, frames.shape[0]
+    broadcast = (1,) * (frames.dim() - 1)
+    scale = brightness.to(device, non_blocking=True).float().view(batch, *broadcast)
+    x = (frames.float() * scale).clamp_(0, 255)
+    # the divisor as a device tensor: a true division, as numpy's (a GPU divides by a host
+    # scalar by multiplying with its reciprocal)
+    x = x / torch.full((), 255.0, device=device)
+    shape = (batch,) + (1,) * (frames.dim() - 4) + (3, 1, 1)
+    order = channel_order.to(device, non_blocking=True).long()
+    return (x - mean[order].view(shape)) / std[order].view(shape)
 
 
 class ToTensor:
-    """frames (T, 3, H, W) float32, masks (T, K, H, W) uint8 (0/1), labels (T, H, W) uint8,
-    flows (T, 2, H, W) float32, n_objects int; other keys pass through. Masks and labels
-    travel as bytes (a quarter and an eighth of float32 and int64: less to copy into pinned
-    memory and to the GPU) and become float and long on the device."""
+    """frames (T, 3, H, W) uint8, masks (T, K, H, W) uint8 (0/1), labels (T, H, W) uint8,
+    flows (T, 2, H, W) float32, n_objects int, brightness float32, channel_order (3,) int64;
+    other keys pass through. Frames, masks and labels travel as bytes (a quarter and an eighth
+    of float32 and int64: less to copy into pinned memory and to the GPU) and become float and
+    long on the device."""
 
     def __call__(self, clip: Clip, rng: np.random.Generator) -> Clip:
         def stack(key: str) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(np.stack(clip[key])))
 
         return {**clip,
-                'frames': stack('frames').float().permute(0, 3, 1, 2).contiguous(),
+                'frames': stack('frames').permute(0, 3, 1, 2).contiguous(),
                 'masks': stack('masks').to(torch.uint8),
                 'labels': stack('labels').to(torch.uint8),
                 'flows': stack('flows').float().permute(0, 3, 1, 2).contiguous(),
-                'n_objects': int(clip['n_objects'])}
+                'n_objects': int(clip['n_objects']),
+                'brightness': torch.tensor(clip['brightness'], dtype=torch.float32),
+                'channel_order': torch.as_tensor(clip['channel_order'], dtype=torch.long)}
 
 
 STAGES = ('image', 'video')
@@ -276,7 +289,8 @@ STAGES = ('image', 'video')
 
 def build_transforms(cfg, stage: str) -> Compose:
     """The training augmentation of a stage: 'image' (static-image pretraining, IMAGE affine)
-    or 'video' (main training, VIDEO affine), in the SPEC 5 order."""
+    or 'video' (main training, VIDEO affine), in the SPEC 5 order; the normalisation follows on
+    the device (normalise_frames)."""
     if stage not in STAGES:
         raise ValueError(f'unknown augmentation stage {stage!r}; expected one of {STAGES}')
     aug = cfg.TRAIN.AUGMENTATION
@@ -290,7 +304,6 @@ def build_transforms(cfg, stage: str) -> Compose:
         ReorganizeObjectIds(ignore_index),
         ToOneHot(cfg.TRAIN.N_MAX_OBJECTS, ignore_index),
         Brightness(aug.BRIGHTNESS),
-        Normalize(cfg.CONST.DATASET_MEAN, cfg.CONST.DATASET_STD),
         RandomChannelPermutation(),
         ToTensor(),
     ])

@@ -10,7 +10,8 @@ from tools.benchmark_train import MAX_OBJECTS, N_FRAMES, N_OBJECTS, main, synthe
 
 def test_synthetic_batch_has_the_loader_format():
     batch = synthetic_batch(2, 48, torch.device('cpu'))
-    assert batch['frames'].shape == (2, N_FRAMES, 3, 48, 48)
+    assert batch['frames'].shape == (2, N_FRAMES, 3, 48, 48) and batch['frames'].dtype == torch.uint8
+    assert batch['brightness'].shape == (2,) and sorted(batch['channel_order'][1].tolist()) == [0, 1, 2]
     assert batch['masks'].shape == (2, N_FRAMES, MAX_OBJECTS + 1, 48, 48)
     assert batch['labels'].dtype == batch['masks'].dtype == torch.uint8 and batch['n_objects'].tolist() == [N_OBJECTS] * 2
     # one-hot masks whose argmax is the label, every object present in every frame

@@ -231,6 +231,7 @@ def test_persistent_workers_draw_what_a_fresh_loader_draws(data_root):
     assert not torch.equal(persistent[0][0][1], persistent[1][0][1])   # epochs differ
 
 
+@pytest.mark.filterwarnings('ignore:Detected call of')   # the scheduler steps, no optimiser does here
 def test_loading_goes_on_across_epochs_with_each_epochs_own_clips(data_root, tmp_path):
     """The loader goes on into the next epochs (planned with the curriculum) and each epoch gets
     the clips a fresh loader draws for it; a frame step changed at validation restarts it."""

@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from easydict import EasyDict as edict
 
 from config import cfg as default_cfg
-from datasets.transforms import (Brightness, Compose, Normalize, RandomAffine,
-                                 RandomChannelPermutation, RandomCrop, ReorganizeObjectIds, Resize,
-                                 ToOneHot, affine_about_centre, blank_flows, build_transforms,
-                                 sample_rng)
+from conftest import DAVIS_TRAIN
+from datasets.transforms import (Brightness, Compose, RandomAffine, RandomChannelPermutation, RandomCrop,
+                                 ReorganizeObjectIds, Resize, ToOneHot, affine_about_centre, blank_flows,
+                                 build_transforms, normalise_frames, sample_rng)
+from utils.io import read_frame
 
 IGNORE = 255
 WHITE = (255, 255, 255)
@@ -207,21 +208,54 @@ def test_one_hot_with_fewer_objects_than_the_maximum():
     assert sorted(out['labels'][0][0].tolist()) == [0, 1, 1, 2]
 
 
-def test_photometric_transforms():
+def test_photometric_transforms_draw_their_parameters_and_permute_the_bytes():
     frame = np.full((2, 2, 3), 100, dtype=np.uint8)
     frame[..., 1] = 200
     clip = {'frames': [frame, frame]}
-    bright = Brightness((1.1, 1.1))(clip, np.random.default_rng(0))
-    assert np.allclose(bright['frames'][1][0, 0], (110, 220, 110))
-    normal = Normalize((0.5, 0.5, 0.5), (0.5, 0.25, 0.5))(clip, None)
-    assert np.allclose(normal['frames'][0][0, 0],
-                       (100 / 255 * 2 - 1, (200 / 255 - 0.5) * 4, 100 / 255 * 2 - 1))
+    bright = Brightness((1.1, 1.3))(clip, np.random.default_rng(0))
+    assert bright['frames'] is clip['frames'] and 1.1 <= bright['brightness'] <= 1.3
     orders = set()
     for seed in range(10):
         out = RandomChannelPermutation()(clip, np.random.default_rng(seed))
-        assert np.array_equal(out['frames'][0], out['frames'][1])
+        assert np.array_equal(out['frames'][0], out['frames'][1]) and out['frames'][0].dtype == np.uint8
+        assert np.array_equal(out['frames'][0], frame[..., out['channel_order']])
         orders.add(tuple(out['frames'][0][0, 0].tolist()))
     assert orders == {(100, 200, 100), (200, 100, 100), (100, 100, 200)}
+
+
+def host_photometry(frame, factor, order, mean, std):
+    """The published host order on one (H, W, 3) uint8 frame, in numpy float32: brightness
+    (clipped), normalisation, then the channel permutation."""
+    bright = np.clip(frame.astype(np.float32) * factor, 0, 255)
+    normal = (bright / 255.0 - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return normal[..., order]
+
+
+def photometry_cases(device):
+    """Two clips of 2 real frames (clipped by a bright factor) with their drawn parameters."""
+    frames = np.stack([read_frame(f'{DAVIS_TRAIN}/JPEGImages/480p/bear/{t:05d}.jpg')[::2, ::2] for t in (0, 1)])
+    rng = np.random.default_rng(3)
+    factors, orders = [rng.uniform(0.5, 1.5), 1.45], [rng.permutation(3), np.array([2, 0, 1])]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = np.stack([[host_photometry(f, factor, order, mean, std) for f in frames]
+                         for factor, order in zip(factors, orders)])
+    permuted = np.stack([[f[..., order] for f in frames] for order in orders])
+    batch = torch.from_numpy(permuted).permute(0, 1, 4, 2, 3).contiguous().to(device)
+    got = normalise_frames(batch, torch.tensor(factors, dtype=torch.float32), torch.from_numpy(np.stack(orders)),
+                           torch.tensor(mean, device=device), torch.tensor(std, device=device))
+    return got.permute(0, 1, 3, 4, 2).cpu().numpy(), expected
+
+
+def test_normalise_frames_equals_the_host_order_bit_for_bit():
+    got, expected = photometry_cases(torch.device('cpu'))
+    assert got.dtype == np.float32 and (expected.max() > 2.0 and expected.min() < -1.5)
+    assert np.array_equal(got, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_normalise_frames_on_the_gpu_equals_the_host_order_bit_for_bit():
+    got, expected = photometry_cases(torch.device('cuda'))
+    assert np.array_equal(got, expected)
 
 
 def small_cfg():
@@ -234,7 +268,7 @@ def small_cfg():
 def test_build_transforms_order_and_parameters_per_stage():
     cfg = small_cfg()
     names = ['Resize', 'RandomAffine', 'RandomCrop', 'ReorganizeObjectIds', 'ToOneHot',
-             'Brightness', 'Normalize', 'RandomChannelPermutation', 'ToTensor']
+             'Brightness', 'RandomChannelPermutation', 'ToTensor']
     image, video = build_transforms(cfg, 'image'), build_transforms(cfg, 'video')
     assert [type(t).__name__ for t in image.transforms] == names
     assert [type(t).__name__ for t in video.transforms] == names
@@ -253,7 +287,8 @@ def test_pipeline_output_shapes_and_seeded_determinism():
     clip = shifted_clip(size=(96, 128))
     out = transform(clip, sample_rng(0, 1, 2))
     k = cfg.TRAIN.N_MAX_OBJECTS + 1
-    assert out['frames'].shape == (3, 3, 72, 72) and out['frames'].dtype == torch.float32
+    assert out['frames'].shape == (3, 3, 72, 72) and out['frames'].dtype == torch.uint8
+    assert out['brightness'].dtype == torch.float32 and sorted(out['channel_order'].tolist()) == [0, 1, 2]
     assert out['masks'].shape == (3, k, 72, 72) and out['labels'].shape == (3, 72, 72)
     assert out['labels'].dtype == out['masks'].dtype == torch.uint8 and out['flows'].shape == (3, 2, 72, 72)
     valid = out['labels'] != cfg.CONST.IGNORE_IDX         # the one-hot masks of the labels, void all zero
@@ -262,7 +297,7 @@ def test_pipeline_output_shapes_and_seeded_determinism():
     assert out['n_objects'] == 2
     again = transform(clip, sample_rng(0, 1, 2))
     other = transform(clip, sample_rng(0, 1, 3))
-    for key in ('frames', 'masks', 'labels', 'flows'):
+    for key in ('frames', 'masks', 'labels', 'flows', 'brightness', 'channel_order'):
         assert torch.equal(out[key], again[key])
     assert not torch.equal(out['frames'], other['frames'])
     assert out['labels'].eq(IGNORE).any()                           # fill pixels stay ignored

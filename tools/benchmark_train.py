@@ -67,11 +67,12 @@ def non_negative_int(text: str) -> int:
 
 def synthetic_batch(batch: int, crop: int, device: torch.device, seed: int = 0,
                     n_objects: int = N_OBJECTS) -> Dict[str, Any]:
-    """A loader-format batch: textured frames, n_objects moving ellipses one-hot in
-    MAX_OBJECTS + 1 channels, their labels and a small flow; pinned when the device is CUDA."""
+    """A loader-format batch: random byte frames with a brightness and a channel order each,
+    n_objects moving ellipses one-hot in MAX_OBJECTS + 1 channels, their labels and a small
+    flow; pinned when the device is CUDA."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:crop, :crop].astype(np.float32)
-    frames = rng.normal(size=(batch, N_FRAMES, 3, crop, crop)).astype(np.float32)
+    frames = rng.integers(0, 256, size=(batch, N_FRAMES, 3, crop, crop), dtype=np.uint8)
     labels = np.zeros((batch, N_FRAMES, crop, crop), dtype=np.uint8)
     for b in range(batch):
         centres = rng.uniform(0.3, 0.7, (n_objects, 2)) * crop
@@ -88,6 +89,8 @@ def synthetic_batch(batch: int, crop: int, device: torch.device, seed: int = 0,
     tensors = {'frames': frames, 'masks': masks, 'labels': labels, 'flows': flows}
     out: Dict[str, Any] = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in tensors.items()}
     out['n_objects'] = torch.full((batch,), n_objects, dtype=torch.long)
+    out['brightness'] = torch.from_numpy(rng.uniform(0.9, 1.1, batch).astype(np.float32))
+    out['channel_order'] = torch.from_numpy(np.stack([rng.permutation(3) for _ in range(batch)]))
     if device.type == 'cuda':
         out = {key: value.pin_memory() for key, value in out.items()}
     out['name'] = [f'synthetic/{b}' for b in range(batch)]
