@@ -311,7 +311,8 @@ class EpochBatches(torch.utils.data.Sampler):
         self.seed = seed
         self.dist = dist_info
         self.plan: Tuple[Tuple[int, int], ...] = ((0, 1),)    # (epoch, frame step) in order
-        self.iterated: Optional[Tuple[Tuple[int, int], ...]] = None   # the plan of the latest iteration
+        # the latest iteration: a token of its own and the plan it follows
+        self.iterated: Optional[Tuple[object, Tuple[Tuple[int, int], ...]]] = None
 
     def set_plan(self, epochs: Sequence[Tuple[int, int]]) -> None:
         self.plan = tuple(epochs)
@@ -337,7 +338,7 @@ class EpochBatches(torch.utils.data.Sampler):
         return self.batches_per_epoch() * len(self.plan)
 
     def __iter__(self) -> Iterator[List[Tuple[int, int, int]]]:
-        self.iterated = self.plan
+        self.iterated = (object(), self.plan)
         return self._batches(self.plan)
 
     def _batches(self, plan: Sequence[Tuple[int, int]]) -> Iterator[List[Tuple[int, int, int]]]:
@@ -416,7 +417,8 @@ class Trainer:
         self.sampler = EpochBatches(len(self.dataset), self.batch_per_process, cfg.CONST.RNG_SEED, self.dist)
         self.loader = training_loader(cfg, self.dataset, self.sampler, self.dist.device)
         self.batches: Optional[Iterator[Dict[str, Any]]] = None   # the loader's iterator
-        self.loading: Tuple[Any, int] = (None, 0)      # its plan (sampler.iterated), epochs taken from it
+        # its iteration (sampler.iterated), the epochs taken from it, whether the last one finished
+        self.loading: Tuple[Any, int, bool] = (None, 0, True)
         self.last_epoch = int(cfg.TRAIN.N_EPOCHS)
         self.step = TrainingStep(cfg, self.model, self.optimizer, self.scaler, self.dist.device,
                                  self.network_name, self.precision)
@@ -491,23 +493,21 @@ class Trainer:
         """This epoch's batches, from a loader that goes on loading the epochs after it up to
         self.last_epoch, their frame steps planned with the curriculum as it stands. A change at
         validation, an epoch left early or another use of the loader restarts it with the right plan."""
-        plan, taken = self.loading
-        if self.batches is None or self.sampler.iterated is not plan or plan[taken:taken + 1] != ((self.epoch, step),):
+        iteration, taken, finished = self.loading
+        if (self.batches is None or not finished or self.sampler.iterated is not iteration
+                or iteration[1][taken:taken + 1] != ((self.epoch, step),)):
             hold = self.hold_epochs
             self.sampler.set_plan([(self.epoch, step)] + [
                 (e, self.epoch_frame_step(e, max(0, hold - (e - self.epoch))))
                 for e in range(self.epoch + 1, self.last_epoch + 1)])
             self.batches = iter(self.loader)
-            plan, taken = self.sampler.iterated, 0
-        self.loading = (plan, taken + 1)
-        n_batches, delivered = self.sampler.batches_per_epoch(), 0
-        try:
-            for batch in itertools.islice(self.batches, n_batches):
-                delivered += 1
-                yield batch
-        finally:
-            if delivered < n_batches:
-                self.batches = None
+            iteration, taken = self.sampler.iterated, 0
+        n_batches = self.sampler.batches_per_epoch()
+        self.loading = (iteration, taken + 1, False)     # finished once every batch is out
+        for delivered, batch in enumerate(itertools.islice(self.batches, n_batches), 1):
+            if delivered == n_batches:
+                self.loading = (iteration, taken + 1, True)
+            yield batch
 
     def train_epoch(self) -> float:
         self.set_train_mode()

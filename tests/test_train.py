@@ -254,7 +254,7 @@ def test_loading_goes_on_across_epochs_with_each_epochs_own_clips(data_root, tmp
         trainer.train_epoch()
         plans.append(trainer.sampler.iterated)
     assert plans[1] is plans[0] and plans[3] is plans[2] and plans[2] is not plans[1]
-    assert plans[0][0] == (changed - 2, frame_step(cfg, changed - 2, 0)) and plans[2][0] == (changed, 1)
+    assert plans[0][1][0] == (changed - 2, frame_step(cfg, changed - 2, 0)) and plans[2][1][0] == (changed, 1)
 
     fresh_cfg = training_cfg(data_root, N_EPOCHS=60)
     dataset = build_training_set(fresh_cfg)
@@ -265,6 +265,52 @@ def test_loading_goes_on_across_epochs_with_each_epochs_own_clips(data_root, tmp
         sampler.set_epoch(epoch, 1 if epoch == changed else frame_step(cfg, epoch, 0))
         expected += [(epoch, b['name'], b['frames']) for b in loader]
     assert len(seen) == len(expected) == 4 * sampler.batches_per_epoch()
+    for (epoch, names, frames), (epoch_f, names_f, frames_f) in zip(seen, expected):
+        assert (epoch, names) == (epoch_f, names_f) and torch.equal(frames, frames_f)
+
+
+@pytest.mark.filterwarnings('ignore:Detected call of')   # the scheduler steps, no optimiser does here
+def test_an_epoch_left_early_or_a_look_at_the_loader_restarts_the_loading(data_root, tmp_path):
+    """The epoch after one that stopped early (its batches still held by a kept traceback), and
+    the epoch after someone else iterated the loader with the same plan, get their own clips."""
+    from core.distributed import Distributed
+    from core.train import EpochBatches, training_loader
+    from datasets.video_clips import build_training_set
+
+    class Stop(Exception):
+        pass
+
+    cfg = training_cfg(data_root, N_EPOCHS=3)
+    cfg.CONST.N_WORKERS = 2
+    trainer = Trainer(cfg, str(tmp_path / 'run'))
+    seen, calls = [], [0]
+
+    def step(batch):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise Stop()
+        seen.append((trainer.epoch, batch['name'], batch['frames']))
+        return torch.zeros(3), None
+
+    trainer.step = step
+    trainer.epoch = 1
+    with pytest.raises(Stop) as stopped:          # the traceback keeps the epoch's batches alive
+        trainer.train_epoch()
+    del seen[:]
+    for epoch in (2, 3):
+        trainer.epoch = epoch
+        trainer.train_epoch()
+        next(iter(trainer.loader))                 # a look at the loader, the plan unchanged
+
+    fresh_cfg = training_cfg(data_root, N_EPOCHS=3)
+    dataset = build_training_set(fresh_cfg)
+    sampler = EpochBatches(len(dataset), 1, cfg.CONST.RNG_SEED, Distributed(0, 1, torch.device('cpu')))
+    loader = training_loader(fresh_cfg, dataset, sampler, torch.device('cpu'))
+    expected = []
+    for epoch in (2, 3):
+        sampler.set_epoch(epoch, trainer.epoch_frame_step(epoch, 0))
+        expected += [(epoch, b['name'], b['frames']) for b in loader]
+    assert stopped.type is Stop and len(seen) == len(expected) == 2 * sampler.batches_per_epoch()
     for (epoch, names, frames), (epoch_f, names_f, frames_f) in zip(seen, expected):
         assert (epoch, names) == (epoch_f, names_f) and torch.equal(frames, frames_f)
 
