@@ -236,9 +236,10 @@ class Brightness:
 
 
 class RandomChannelPermutation:
-    """Shuffle the colour channels, the same way for every frame of the clip: channel c becomes
-    channel channel_order[c], normalised later with that channel's mean and std (the same as
-    permuting after the brightness and the normalisation, which treat channels alike or apart)."""
+    """Shuffle the colour channels, the same way for every frame of the clip: channel c of the
+    output is channel channel_order[c] of the input, normalised later with that input channel's
+    mean and std (the same as permuting after the brightness and the normalisation: the one
+    treats every channel alike, the other each channel apart)."""
 
     def __call__(self, clip: Clip, rng: np.random.Generator) -> Clip:
         order = rng.permutation(3)
