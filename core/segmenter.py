@@ -53,6 +53,12 @@ def pick_device(device: Union[str, torch.device, None]) -> torch.device:
     return torch.device(device)
 
 
+def frame_statistics(cfg, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CONST.DATASET_MEAN and DATASET_STD, the frames' normalisation, as (3,) float32 tensors."""
+    return (torch.tensor(cfg.CONST.DATASET_MEAN, dtype=torch.float32, device=device),
+            torch.tensor(cfg.CONST.DATASET_STD, dtype=torch.float32, device=device))
+
+
 def network_size(height: int, width: int, short_side: Optional[int]) -> Tuple[int, int]:
     """The (height, width) the networks see: the short side scaled to `short_side`."""
     if not short_side or min(height, width) == short_side:
@@ -152,8 +158,7 @@ class VideoSegmenter:
             self.rmnet.to(memory_format=torch.channels_last)
         self.scales = [float(s) for s in test.FRAME_SCALES]
         self.flip = bool(test.FLIP_LR)
-        mean = torch.tensor(cfg.CONST.DATASET_MEAN, dtype=torch.float32, device=self.device)
-        std = torch.tensor(cfg.CONST.DATASET_STD, dtype=torch.float32, device=self.device)
+        mean, std = frame_statistics(cfg, self.device)
         self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self.pending: List[Tuple[int, np.ndarray, Optional[int]]] = []
         self.active: Optional[object] = None          # the token of the video being segmented

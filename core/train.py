@@ -25,7 +25,7 @@ from torchvision.models import ResNet50_Weights
 from tqdm import tqdm
 
 from core.distributed import Distributed, broadcast_object, setup_distributed
-from core.segmenter import VideoSegmenter
+from core.segmenter import VideoSegmenter, frame_statistics
 from datasets.registry import SPLITS, list_videos
 from datasets.transforms import normalise_frames
 from datasets.video import Video
@@ -128,12 +128,6 @@ def loss_names(network_name: str) -> Tuple[str, ...]:
 
 def no_stage_mark(stage: str) -> None:
     """The default stage hook of TrainingStep: training does not time its stages."""
-
-
-def frame_statistics(cfg, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """CONST.DATASET_MEAN and DATASET_STD as (3,) float32 tensors on `device` (normalise_frames)."""
-    return (torch.tensor(cfg.CONST.DATASET_MEAN, dtype=torch.float32, device=device),
-            torch.tensor(cfg.CONST.DATASET_STD, dtype=torch.float32, device=device))
 
 
 class TrainingStep:
