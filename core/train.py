@@ -26,12 +26,14 @@ from tqdm import tqdm
 
 from core.distributed import Distributed, broadcast_object, setup_distributed
 from core.segmenter import VideoSegmenter, frame_statistics
+from core.training_graphs import graphs_apply, training_step
 from datasets.registry import SPLITS, list_videos
 from datasets.transforms import normalise_frames
 from datasets.video import Video
 from datasets.video_clips import build_training_set, max_frame_step
 from models.initialization import calibrate_random_rmnet, init_new_layers
 from models.losses import flow_loss, segmentation_loss_terms
+from models.object_manager import ObjectIndex
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import (CheckpointError, load_networks, load_state_strict, published_checkpoint,
@@ -139,10 +141,14 @@ class TrainingStep:
     'end' after the last (tools/benchmark_train.py times the stages with it).
     """
 
+    # the tensors of a loader batch that the step reads
+    input_keys = ('frames', 'brightness', 'channel_order', 'masks', 'labels', 'flows')
+
     def __init__(self, cfg, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, device: torch.device, network_name: str,
                  precision: str, mark: Callable[[str], None] = no_stage_mark):
         self.cfg = cfg
+        self.precision = precision
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
@@ -156,48 +162,58 @@ class TrainingStep:
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                               enabled=self.dtype is not None)
 
-    def to_device(self, batch: Dict[str, Any], key: str) -> torch.Tensor:
-        return batch[key].to(self.device, non_blocking=True)
+    def device_inputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """The batch's tensors the step reads (input_keys), copied to the device without waiting
+        (the loader pins them)."""
+        return {key: batch[key].to(self.device, non_blocking=True) for key in self.input_keys if key in batch}
 
-    def frames(self, batch: Dict[str, Any]) -> torch.Tensor:
-        """The batch's frames on the device, brightened and normalised."""
-        return normalise_frames(self.to_device(batch, 'frames'), batch['brightness'], batch['channel_order'],
-                                self.mean, self.std)
+    def frames(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frames of device_inputs (or of a batch), on the device, brightened and normalised."""
+        return normalise_frames(inputs['frames'].to(self.device, non_blocking=True), inputs['brightness'],
+                                inputs['channel_order'], self.mean, self.std)
 
-    def losses(self, batch: Dict[str, Any]) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
-        """The loss terms of one batch and, for RMNet, its probabilities."""
+    def losses(self, inputs: Dict[str, torch.Tensor], counts: torch.Tensor,
+               objects: Optional[ObjectIndex] = None) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+        """The loss terms of one batch (its device_inputs and its host tensor of objects per
+        clip) and, for RMNet, its probabilities. objects: the index of `counts` on the device,
+        when the caller holds it (a captured step)."""
         self.mark('forward')
-        frames, labels = self.frames(batch), self.to_device(batch, 'labels').long()
-        flows = self.to_device(batch, 'flows')
+        frames, labels, flows = self.frames(inputs), inputs['labels'].long(), inputs['flows']
         ignore_index = self.cfg.CONST.IGNORE_IDX
         if self.network_name == 'TinyFlowNet':
             with self.autocast():
                 predicted = self.model(frames)
             self.mark('losses')
             return [flow_loss(predicted[:, 1:], flows[:, 1:], labels[:, 1:] != ignore_index)], None
-        counts = batch['n_objects']                          # host tensor: no synchronisation
-        if int(counts.sum()) == 0:
+        if int(counts.sum()) == 0:                           # a host tensor: no synchronisation
             logger.warning('A batch without any object: zero loss for this step')
             zero = sum(p.sum() * 0 for p in self.model.parameters())
             return [zero, zero, zero], None
-        masks = self.to_device(batch, 'masks')
         n_objects = counts.view(-1, 1).expand(-1, frames.shape[1])
         with self.autocast():
-            probs = self.model(frames, masks, flows, n_objects, self.cfg.TRAIN.MEMORIZE_EVERY)
+            probs = self.model(frames, inputs['masks'], flows, n_objects, self.cfg.TRAIN.MEMORIZE_EVERY,
+                               objects=objects)
         self.mark('losses')
         lovasz, nll = segmentation_loss_terms(logits_of(probs), labels, ignore_index)
         return [lovasz + nll, lovasz, nll], probs
 
-    def __call__(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def run(self, inputs: Dict[str, torch.Tensor], counts: torch.Tensor,
+            objects: Optional[ObjectIndex] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The step on device inputs (see losses): gradients, optimiser, the detached terms."""
         self.optimizer.zero_grad(set_to_none=True)
-        terms, probs = self.losses(batch)
+        terms, probs = self.losses(inputs, counts, objects)
         self.mark('backward')
         self.scaler.scale(terms[0]).backward()
         self.mark('optimizer')
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.mark('end')
-        return torch.stack(terms).detach(), probs
+        # detached: nothing the caller keeps holds this step's autograd graph (a captured
+        # step's backward must not meet the gradient accumulators of an earlier one)
+        return torch.stack(terms).detach(), None if probs is None else probs.detach()
+
+    def __call__(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return self.run(self.device_inputs(batch), batch['n_objects'])
 
 
 class LossLog:
@@ -351,6 +367,31 @@ def training_loader(cfg, dataset: torch.utils.data.Dataset, batches: EpochBatche
                                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
 
 
+def build_optimizer(cfg, module: torch.nn.Module, device: torch.device,
+                    capturable: bool = False) -> torch.optim.Adam:
+    """Adam with the configured rate, betas and weight decay; the fused kernel on a GPU,
+    capturable (its step counts on the device) when the step is replayed as a CUDA graph."""
+    fused = device.type == 'cuda'
+    return torch.optim.Adam(module.parameters(), lr=cfg.TRAIN.LEARNING_RATE, betas=tuple(cfg.TRAIN.BETAS),
+                            weight_decay=cfg.TRAIN.WEIGHT_DECAY, fused=fused, capturable=fused and capturable)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
+    """optimizer.load_state_dict, keeping this optimizer's own implementation (fused,
+    capturable, foreach): a run saved with CUDA graphs resumes without them and back. The step
+    counts go where that implementation keeps them (the parameter's device or the host)."""
+    own = [{key: group[key] for key in ('fused', 'capturable', 'foreach') if key in group}
+           for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, own):
+        group.update(flags)
+        on_device = bool(group.get('fused') or group.get('capturable'))
+        for param in group['params']:
+            per_param = optimizer.state.get(param, {})
+            if torch.is_tensor(per_param.get('step')):
+                per_param['step'] = per_param['step'].to(device=param.device if on_device else 'cpu', dtype=torch.float32)
+
+
 def use_channels_last(cfg, module: torch.nn.Module, device: torch.device) -> None:
     """TRAIN.CHANNELS_LAST on a GPU: the network's weights (and so its activations) in NHWC
     layout, which cuDNN's tensor-core kernels take without transposing."""
@@ -393,9 +434,8 @@ class Trainer:
         if self.dist.world_size > 1:
             device_ids = [self.dist.device.index] if self.dist.device.type == 'cuda' else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.trained, device_ids=device_ids)
-        self.optimizer = torch.optim.Adam(self.trained.parameters(), lr=cfg.TRAIN.LEARNING_RATE,
-                                          betas=tuple(cfg.TRAIN.BETAS), weight_decay=cfg.TRAIN.WEIGHT_DECAY,
-                                          fused=self.dist.device.type == 'cuda')
+        graphs = graphs_apply(cfg, self.dist.device, self.dist.world_size, self.precision)
+        self.optimizer = build_optimizer(cfg, self.trained, self.dist.device, capturable=graphs)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.TRAIN.N_EPOCHS)
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.precision == 'fp16'
                                            and self.dist.device.type == 'cuda')
@@ -416,6 +456,7 @@ class Trainer:
         self.last_epoch = int(cfg.TRAIN.N_EPOCHS)
         self.step = TrainingStep(cfg, self.model, self.optimizer, self.scaler, self.dist.device,
                                  self.network_name, self.precision)
+        self.stepper = training_step(cfg, self.step, self.dist.world_size)     # graphed or the step
         if len(self.dataset) < batch:
             raise TrainingError(f'the training set has {len(self.dataset)} clips, fewer than one batch '
                                 f'of {batch} (TRAIN.BATCH_SIZE)')
@@ -455,7 +496,7 @@ class Trainer:
                                   f'{self.network_name}')
         load_state_strict(self.tflownet, checkpoint['tflownet'], f'{path} [tflownet]')
         load_state_strict(self.rmnet, checkpoint['rmnet'], f'{path} [rmnet]')
-        self.optimizer.load_state_dict(checkpoint['optimizer'])
+        load_optimizer_state(self.optimizer, checkpoint['optimizer'])
         self.scheduler.load_state_dict(checkpoint['scheduler'])
         if 'scaler' in checkpoint:
             self.scaler.load_state_dict(checkpoint['scaler'])
@@ -471,7 +512,7 @@ class Trainer:
 
     def train_step(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """One step: the detached loss terms (device tensor) and, for RMNet, the probabilities."""
-        terms, probs = self.step(batch)
+        terms, probs = self.stepper(batch)
         self.global_step += 1
         return terms, probs
 

@@ -156,20 +156,32 @@ class ObjectIndex:
     counts: List[int]            # objects per batch item
     counts_tensor: torch.Tensor  # (B,) long, on the device
 
+    @staticmethod
+    def host_values(counts: Sequence[int]) -> torch.Tensor:
+        """The index of `counts` objects per batch item as one host tensor: the batch item of
+        each object, its channel, then the counts ((2N + B,) long)."""
+        counts = [int(n) for n in counts]
+        batch = [b for b, n in enumerate(counts) for _ in range(n)]
+        channel = [k for n in counts for k in range(1, n + 1)]
+        return torch.tensor(batch + channel + counts, dtype=torch.long)
+
+    @classmethod
+    def from_values(cls, values: torch.Tensor, counts: Sequence[int]) -> 'ObjectIndex':
+        """The index whose host_values(counts) are `values` (views of it, on its device): a
+        CUDA graph replayed for another batch with as many objects reads new values there."""
+        counts = [int(n) for n in counts]
+        n_objects = sum(counts)
+        return cls(values[:n_objects], values[n_objects:2 * n_objects], counts, values[2 * n_objects:])
+
     @classmethod
     def from_counts(cls, counts: Sequence[int], device: torch.device) -> 'ObjectIndex':
         """The index of `counts` objects per batch item, moved to `device` in one copy; on a GPU
         from pinned memory, so that the host does not wait for the GPU's queued work (a copy from
         ordinary memory would, at the start of every training step)."""
-        counts = [int(n) for n in counts]
-        batch = [b for b, n in enumerate(counts) for _ in range(n)]
-        channel = [k for n in counts for k in range(1, n + 1)]
-        host = torch.tensor(batch + channel + counts, dtype=torch.long)
+        host = cls.host_values(counts)
         if torch.device(device).type == 'cuda':
             host = host.pin_memory()
-        values = host.to(device, non_blocking=True)
-        n_objects = len(batch)
-        return cls(values[:n_objects], values[n_objects:2 * n_objects], counts, values[2 * n_objects:])
+        return cls.from_values(host.to(device, non_blocking=True), counts)
 
     def __len__(self) -> int:
         return int(self.batch.numel())

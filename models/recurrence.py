@@ -65,13 +65,15 @@ class FrameRecurrence:
         """The length of the next video, when known: its memory is sized once, at the start."""
         self.expected_kept = None if expected_frames is None else expected_frames // self.memorize_every + 2
 
-    def start(self, frame: torch.Tensor, masks: torch.Tensor) -> None:
+    def start(self, frame: torch.Tensor, masks: torch.Tensor, objects: Optional[ObjectIndex] = None) -> None:
         """Frame 0 (B, 3, H, W) and its given masks (B, K, H, W), one-hot or probabilities.
-        On the fast path a new video of the same shapes reuses the buffers and the CUDA graph."""
+        objects: the index of the counts, when the caller holds it on the device (a captured
+        training step). On the fast path a new video of the same shapes reuses the buffers and
+        the CUDA graph."""
         if self.fast and self._same_shapes(frame, masks):
             self._restart(frame, masks)
             return
-        self.objects = ObjectIndex.from_counts(self.counts, frame.device)
+        self.objects = objects or ObjectIndex.from_counts(self.counts, frame.device)
         self.n_channels = masks.shape[1]
         self.in_use = self.objects.channel_in_use(self.n_channels)
         self.existing = present_channels(masks)

@@ -248,12 +248,15 @@ class RMNet(torch.nn.Module):
         return unpad(torch.log(probs / (1 - probs)), pad)
 
     def forward(self, frames: torch.Tensor, masks: torch.Tensor, optical_flows: torch.Tensor,
-                n_objects: torch.Tensor, memorize_every: int) -> torch.Tensor:
+                n_objects: torch.Tensor, memorize_every: int,
+                objects: Optional[ObjectIndex] = None) -> torch.Tensor:
         """The published entry point: a whole clip at once.
 
         frames (B, T, 3, H, W), masks (B, T, K, H, W) one-hot (frame 0 is the given mask; later
         frames are read only where `n_objects` grows, for objects that appear), optical_flows
-        (B, T, 2, H, W), n_objects (B, T) -> probabilities (B, T, K, H, W).
+        (B, T, 2, H, W), n_objects (B, T) -> probabilities (B, T, K, H, W). objects: the index
+        of the most objects of each clip on the device, when the caller holds it (else built
+        from n_objects).
         """
         device = next(self.parameters()).device
         n_objects = torch.as_tensor(n_objects)
@@ -263,7 +266,7 @@ class RMNet(torch.nn.Module):
         batch, n_frames = frames.shape[:2]
         first = masks[:, 0].to(device).float()
         outputs = [first]
-        recurrence.start(frames[:, 0], first)
+        recurrence.start(frames[:, 0], first, objects)
         # the query side of every later frame at once (time-major: frame t is rows (t-1)B..tB-1)
         queries = self.encode_query(frames[:, 1:].transpose(0, 1).flatten(0, 1)) if n_frames > 1 else None
         for t in range(1, n_frames):

@@ -244,8 +244,8 @@ def test_loading_goes_on_across_epochs_with_each_epochs_own_clips(data_root, tmp
     cfg.CONST.N_WORKERS = 1
     trainer = Trainer(cfg, str(tmp_path / 'run'))
     seen = []
-    trainer.step = lambda batch: (seen.append((trainer.epoch, batch['name'], batch['frames'])),
-                                  (torch.zeros(3), None))[1]
+    trainer.stepper = lambda batch: (seen.append((trainer.epoch, batch['name'], batch['frames'])),
+                                    (torch.zeros(3), None))[1]
     trainer.last_epoch = changed + 1
     plans = []
     for epoch in range(changed - 2, changed + 2):
@@ -292,7 +292,7 @@ def test_an_epoch_left_early_or_a_look_at_the_loader_restarts_the_loading(data_r
         seen.append((trainer.epoch, batch['name'], batch['frames']))
         return torch.zeros(3), None
 
-    trainer.step = step
+    trainer.stepper = step
     trainer.epoch = 1
     with pytest.raises(Stop) as stopped:          # the traceback keeps the epoch's batches alive
         trainer.train_epoch()
@@ -535,3 +535,26 @@ def test_timed_batches_yields_every_batch_and_counts_the_wait_for_them():
         seen.append(batch['index'])
     assert seen == [0, 1, 2]
     assert 0.06 <= batches.waited < 0.15
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_a_gpu_run_with_loading_workers_replays_its_steps_and_trains_as_without(data_root, tmp_path):
+    """TRAIN.CUDA_GRAPHS in a whole run: the loader's workers and pin-memory thread run while
+    steps and validation videos are captured, the later steps are replays, and the epochs'
+    losses are those of the same run launching its kernels one by one."""
+    from core.training_graphs import GraphedTrainingStep
+    losses = []
+    for graphs in (True, False):
+        torch.manual_seed(0)
+        cfg = training_cfg(data_root, N_EPOCHS=3, CUDA_GRAPHS=graphs)
+        cfg.CONST.N_WORKERS = 2
+        cfg.DATASET.VAL_DATASET, cfg.DATASET.VAL_SPLIT = 'DAVIS2016', 'train'   # its videos captured too
+        trainer = Trainer(cfg, str(tmp_path / f'graphs-{graphs}'))
+        summary = trainer.run()
+        assert summary['epoch'] == 3
+        losses.append(trainer.epoch_losses + [summary['loss']])    # the last epoch's steps, its mean
+        assert isinstance(trainer.stepper, GraphedTrainingStep) == graphs
+        if graphs:
+            assert trainer.stepper.replays > 0 and trainer.stepper.captures >= 1
+    assert all(math.isfinite(v) for v in losses[0])
+    assert np.allclose(losses[0], losses[1], rtol=1e-3, atol=1e-4), losses

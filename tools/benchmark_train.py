@@ -6,11 +6,13 @@
 
 The step is the one `python runner.py` trains with (core.train.TrainingStep): clips of
 3 frames with 2 objects (--objects), TRAIN.N_MAX_OBJECTS 3, every frame memorised, frozen
-BatchNorm, channels-last on a GPU (--contiguous: NCHW), Adam. Batches wait in pinned host
-memory as the data loader leaves them. For each
-precision and batch x crop it reports the median step time over --steps steps after
---warmup steps as samples per second, and the peak GPU memory of those steps; JSON
-(--out) and a printed table. --profile adds a per-stage breakdown timed with CUDA events
+BatchNorm, channels-last on a GPU (--contiguous: NCHW), Adam; on a GPU both replayed as CUDA
+graphs (TRAIN.CUDA_GRAPHS, core.training_graphs) and launched kernel by kernel (--modes).
+Batches wait in pinned host memory as the data loader leaves them. For each
+precision, mode and batch x crop it reports the median step time over --steps steps after
+--warmup steps as samples per second, and the peak GPU memory from the second step on (a
+graph's capture included, cuDNN's trials of the first step not); JSON
+(--out) and a printed table. --profile adds a per-stage breakdown of the eager step timed with CUDA events
 (the query encoder of the clip's frames; each frame's memorise, query region, memory read,
 decoder, aggregation; losses, backward, optimiser step), --profile-ops N the top N operators of torch.profiler by
 device time, --sync-report the host synchronisations of one step (CUDA only).
@@ -32,11 +34,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from config import cfg as default_cfg  # noqa: E402
-from core.train import TrainingStep, build_networks, freeze_batch_norm, use_channels_last  # noqa: E402
+from core.train import (TrainingStep, build_networks, build_optimizer, freeze_batch_norm,  # noqa: E402
+                        use_channels_last)
+from core.training_graphs import graphs_apply, training_step  # noqa: E402
 from utils.io import DataError, check_new_result, write_json  # noqa: E402
 
 N_FRAMES, N_OBJECTS, MAX_OBJECTS = 3, 2, 3      # N_OBJECTS: the default of --objects
 PRECISIONS = ('fp32', 'bf16')
+MODES = ('graphed', 'eager')
 FRAME_STAGES = ('memorize', 'query_region', 'decode', 'aggregate')
 CLIP_STAGES = ('encode_query',)     # once per clip: the query side of every later frame
 STEP_STAGES = ('forward', 'losses', 'backward', 'optimizer')
@@ -163,8 +168,9 @@ class StageTimer:
         return result
 
 
-def benchmark_cfg(precision: str, channels_last: bool):
+def benchmark_cfg(precision: str, channels_last: bool, graphs: bool = True):
     cfg = copy.deepcopy(default_cfg)
+    cfg.TRAIN.CUDA_GRAPHS = graphs
     cfg.TRAIN.N_MAX_OBJECTS = MAX_OBJECTS
     cfg.TRAIN.N_MAX_FRAMES = N_FRAMES
     cfg.TRAIN.MEMORIZE_EVERY = 1
@@ -175,21 +181,23 @@ def benchmark_cfg(precision: str, channels_last: bool):
 
 
 def build_step(cfg, weights: Optional[str], device: torch.device,
-               timer: StageTimer) -> Tuple[TrainingStep, torch.nn.Module]:
-    """The training step of `python runner.py` on a fresh RMNet (frozen BatchNorm, Adam)."""
+               timer: StageTimer) -> Tuple[TrainingStep, Callable, torch.nn.Module]:
+    """The training step of `python runner.py` on a fresh RMNet (frozen BatchNorm, Adam): the
+    step itself (its stages timed by `timer` when enabled) and what a run calls, the step
+    replayed as CUDA graphs when cfg.TRAIN.CUDA_GRAPHS applies."""
     _, rmnet = build_networks(cfg, weights)
     rmnet.to(device).train()
     freeze_batch_norm(rmnet)
     use_channels_last(cfg, rmnet, device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = cfg.TRAIN.CUDNN_BENCHMARK
-    optimizer = torch.optim.Adam(rmnet.parameters(), lr=cfg.TRAIN.LEARNING_RATE, betas=tuple(cfg.TRAIN.BETAS),
-                                 weight_decay=cfg.TRAIN.WEIGHT_DECAY, fused=device.type == 'cuda')
+    graphs = graphs_apply(cfg, device, 1, cfg.TRAIN.PRECISION)
+    optimizer = build_optimizer(cfg, rmnet, device, capturable=graphs)
     scaler = torch.amp.GradScaler('cuda', enabled=False)
     for method in CLIP_STAGES + FRAME_STAGES:
         timer.wrap(rmnet, method)
     step = TrainingStep(cfg, rmnet, optimizer, scaler, device, 'RMNet', cfg.TRAIN.PRECISION, mark=timer.mark)
-    return step, rmnet
+    return step, training_step(cfg, step, 1), rmnet
 
 
 def synchronize(device: torch.device) -> None:
@@ -200,13 +208,16 @@ def synchronize(device: torch.device) -> None:
 def run_one(cfg, weights: Optional[str], device: torch.device, batch_size: int, crop: int, n_objects: int,
             steps: int, warmup: int, profile: bool, profile_ops: int, sync_report: bool) -> Dict[str, Any]:
     timer = StageTimer(device)
-    step, rmnet = build_step(cfg, weights, device, timer)
+    eager, step, rmnet = build_step(cfg, weights, device, timer)
     batch = synthetic_batch(batch_size, crop, device, n_objects=n_objects)
-    for _ in range(warmup):
+    if warmup:
+        step(batch)                 # cuDNN tries out its kernels
+    synchronize(device)
+    if device.type == 'cuda':       # the peak from here: a graph's memory is allocated at its capture
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup - 1):
         step(batch)
     synchronize(device)
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -218,22 +229,23 @@ def run_one(cfg, weights: Optional[str], device: torch.device, batch_size: int, 
     median = statistics.median(times)
     result: Dict[str, Any] = {
         'precision': cfg.TRAIN.PRECISION, 'batch': batch_size, 'crop': crop,
-        'objects': n_objects, 'channels_last': bool(cfg.TRAIN.CHANNELS_LAST and device.type == 'cuda'), 'steps': steps, 'step_ms': median * 1000,
+        'objects': n_objects, 'channels_last': bool(cfg.TRAIN.CHANNELS_LAST and device.type == 'cuda'),
+        'graphs': step is not eager, 'steps': steps, 'step_ms': median * 1000,
         'samples_per_s': batch_size / median,
         'peak_gib': torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else None}
     if profile:
         timer.enabled = True
         per_step = []
         for _ in range(steps):
-            step(batch)
+            eager(batch)
             per_step.append(timer.durations())
         timer.enabled = False
         result['stages_ms'] = {name: statistics.median(d[name] for d in per_step) for name in per_step[0]}
     if profile_ops:
-        result['top_ops'] = top_operators(step, batch, device, profile_ops)
+        result['top_ops'] = top_operators(eager, batch, device, profile_ops)
     if sync_report and device.type == 'cuda':
         result['synchronisations'] = synchronisations(step, batch)
-    del step, rmnet, batch
+    del step, eager, rmnet, batch
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()
@@ -265,15 +277,18 @@ def synchronisations(step: Callable, batch: Dict[str, Any]) -> List[Dict[str, An
     return [{'where': where, 'what': what, 'count': n} for (where, what), n in counts.most_common()]
 
 
-def print_table(runs: Sequence[Dict[str, Any]], precisions: Sequence[str]) -> None:
+def print_table(runs: Sequence[Dict[str, Any]]) -> None:
     sizes = list(dict.fromkeys((r['batch'], r['crop']) for r in runs))
-    print(f"{'batch x crop':>12} " + ' '.join(f'{p + " samples/s":>16} {"GiB":>6}' for p in precisions))
+    columns = list(dict.fromkeys((r['precision'], r['graphs']) for r in runs))
+    names = [f"{p}{' graphed' if g else ''} samples/s" for p, g in columns]
+    print(f"{'batch x crop':>12} " + ' '.join(f'{name:>24} {"GiB":>6}' for name in names))
     for batch, crop in sizes:
         row = f'{f"{batch} x {crop}":>12} '
-        for precision in precisions:
-            run = next(r for r in runs if (r['batch'], r['crop'], r['precision']) == (batch, crop, precision))
+        for precision, graphs in columns:
+            run = next(r for r in runs if (r['batch'], r['crop'], r['precision'], r['graphs'])
+                       == (batch, crop, precision, graphs))
             memory = '-' if run['peak_gib'] is None else f"{run['peak_gib']:.2f}"
-            row += f"{run['samples_per_s']:>16.2f} {memory:>6} "
+            row += f"{run['samples_per_s']:>24.2f} {memory:>6} "
         print(row)
 
 
@@ -297,6 +312,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--warmup', type=non_negative_int, default=None, help='untimed steps first (default 3; --quick: 1)')
     parser.add_argument('--objects', type=positive_int, default=N_OBJECTS,
                         help=f'objects per clip (at most {MAX_OBJECTS}; default {N_OBJECTS})')
+    parser.add_argument('--modes', nargs='+', default=None, choices=MODES,
+                        help='the step replayed as CUDA graphs (TRAIN.CUDA_GRAPHS) and/or launched '
+                             'kernel by kernel (default: both on a GPU, eager on the CPU)')
     parser.add_argument('--contiguous', action='store_true',
                         help='TRAIN.CHANNELS_LAST off (NCHW weights and activations)')
     parser.add_argument('--weights', default=None, help='checkpoint to start from (default: random weights)')
@@ -334,12 +352,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'{name}, torch {torch.__version__}, {N_FRAMES} frames, {args.objects} objects '
           f'(N_MAX_OBJECTS {MAX_OBJECTS}), median of {steps} steps after {warmup}, '
           + ('channels-last' if channels_last else 'NCHW'), flush=True)
+    modes = args.modes or (list(MODES) if device.type == 'cuda' else ['eager'])
     for precision in args.precisions:
-        cfg = benchmark_cfg(precision, not args.contiguous)
-        for batch, crop in sizes:
-            results['runs'].append(run_one(cfg, args.weights, device, batch, crop, args.objects, steps, warmup,
-                                           args.profile, args.profile_ops, args.sync_report))
-    print_table(results['runs'], args.precisions)
+        for mode in modes:
+            cfg = benchmark_cfg(precision, not args.contiguous, graphs=mode == 'graphed')
+            for batch, crop in sizes:
+                results['runs'].append(run_one(cfg, args.weights, device, batch, crop, args.objects, steps,
+                                               warmup, args.profile, args.profile_ops, args.sync_report))
+    print_table(results['runs'])
     if args.profile or args.profile_ops or args.sync_report:
         for run in results['runs']:
             print_profile(run)

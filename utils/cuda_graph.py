@@ -3,6 +3,10 @@ from typing import Any, Callable, Optional, Tuple
 
 import torch
 
+# only the capturing thread is held to what a capture allows: a training loader's pin-memory
+# thread may allocate pinned memory while a step or a validation video is captured
+CAPTURE_MODE = 'thread_local'
+
 
 class GraphedStep:
     """Runs `step` (a function of fixed buffers, no host synchronisation) eagerly the first
@@ -32,7 +36,7 @@ class GraphedStep:
             return self.outputs
         outputs = self.step()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=CAPTURE_MODE):
             self.outputs = self.step()
         self.graph = graph
         return outputs
@@ -47,5 +51,6 @@ class SharedGraphPool:
         self.handle = torch.cuda.graph_pool_handle()
         self._counter = torch.zeros(1, device=device)
         self._keeper = torch.cuda.CUDAGraph()
-        with torch.cuda.device(device), torch.cuda.graph(self._keeper, pool=self.handle):
+        with torch.cuda.device(device), torch.cuda.graph(self._keeper, pool=self.handle,
+                                                          capture_error_mode=CAPTURE_MODE):
             self._counter.add_(1)
