@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from core.distributed import Distributed, broadcast_object, setup_distributed
 from core.segmenter import VideoSegmenter, frame_statistics
-from core.training_graphs import graphs_apply, training_step
+from core.training_graphs import GraphedTrainingStep, graphs_apply, training_step
 from datasets.registry import SPLITS, list_videos
 from datasets.transforms import normalise_frames
 from datasets.video import Video
@@ -564,6 +564,9 @@ class Trainer:
                     and self.global_step % self.cfg.TRAIN.VISUALIZE_EVERY == 0):
                 self._log_images(batch, probs)
         self._write_losses(log.read(self.epoch, wait=True), bar)
+        if isinstance(self.stepper, GraphedTrainingStep):
+            # the next epoch's learning rate needs new captures anyway; validation gets the memory
+            self.stepper.release()
         self.epoch_learning_rate = self.optimizer.param_groups[0]['lr']
         self.scheduler.step()
         elapsed = time.perf_counter() - started

@@ -4,13 +4,16 @@ graph instead of its ~2800 kernels one by one, so that its speed no longer follo
 A graph is captured per batch layout: the shapes of the batch's tensors and, for RMNet, its
 total number of objects (the index of which clip and channel each object is goes into the
 graph as a device tensor, so that clips of 1 + 2 and 2 + 1 objects share one graph). The first
-batch of a layout runs eagerly (cuDNN picks its kernels, the optimiser creates its state); the
-second is captured and replayed, and so are the later ones. What a capture bakes in is checked
+batch of a layout runs eagerly (cuDNN picks its kernels, the optimiser creates its state), after
+the graphs so far are released, so that their memory pool and the eager step's temporaries are
+never on the GPU together; the second is captured and replayed, and so are the later ones (the
+layouts seen are captured again as they come, without an eager step). What a capture bakes in is checked
 before every replay: the learning rates (the scheduler changes them once an epoch), the
 storage of the parameters and of the optimiser's state, and every module's train/eval mode; a
 change drops the graphs, which are captured again. The step is the same code either way
 (core.train.TrainingStep.run); GPU tests compare the two.
 """
+import gc
 from collections import OrderedDict
 from typing import Any, Dict, Hashable, Optional, Tuple
 
@@ -38,7 +41,7 @@ class GraphedTrainingStep:
             raise ValueError(f'kept_graphs must be >= 1, got {kept_graphs}')
         self.step = step
         self.kept_graphs = kept_graphs
-        self.pool = SharedGraphPool(step.device)
+        self.pool: Optional[SharedGraphPool] = None
         self.graphs: 'OrderedDict[Hashable, _Capture]' = OrderedDict()
         self.seen = set()                            # layouts that ran eagerly once
         self.baked: Optional[Tuple[Any, ...]] = None
@@ -48,6 +51,7 @@ class GraphedTrainingStep:
         self.outputs: Dict[Hashable, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
         self.captures = 0
         self.replays = 0
+        self.releases = 0
 
     def __call__(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         counts = batch['n_objects']
@@ -58,17 +62,16 @@ class GraphedTrainingStep:
         if baked != self.baked:
             self.graphs.clear()
             self.baked = baked
-        shapes = tuple((key, tuple(batch[key].shape), batch[key].dtype) for key in self.step.input_keys if key in batch)
+        shapes = tuple((key, tuple(batch[key].shape), batch[key].dtype) for key in self.step.input_keys
+                       if key in batch)
         layout = (shapes, int(counts.sum()) if rmnet else 0)
         capture = self.graphs.get(layout)
         if capture is None:
             if layout not in self.seen:
-                self.seen.add(layout)
-                return self.step(batch)
+                return self._eager(layout, shapes, batch)
             capture = self._capture(layout, shapes, batch)
         self.graphs.move_to_end(layout)
-        inputs = self.inputs[shapes]
-        for key, buffer in inputs.items():
+        for key, buffer in self.inputs[shapes].items():
             buffer.copy_(batch[key], non_blocking=True)
         if capture.objects is not None:
             capture.objects.copy_(self._object_values(counts), non_blocking=True)
@@ -77,15 +80,41 @@ class GraphedTrainingStep:
         terms, probs = self.outputs[shapes]
         return terms.clone(), probs
 
+    def _eager(self, layout: Hashable, shapes: Hashable,
+               batch: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """A layout's first step, kernel by kernel, in the memory the graphs held: they are
+        released first (the layouts seen are captured again as they come), so that the GPU
+        never holds a graph pool and an eager step's temporaries at once."""
+        self.release()
+        terms, probs = self.step(batch)
+        self.seen.add(layout)
+        if shapes not in self.outputs:
+            self.outputs[shapes] = (torch.empty_like(terms), None if probs is None else torch.empty_like(probs))
+        return terms, probs
+
+    def release(self) -> None:
+        """Drop every graph and give their memory pool back to the GPU."""
+        if self.pool is None:
+            return
+        self.graphs.clear()
+        self.pool = None
+        self.step.optimizer.zero_grad(set_to_none=True)     # the last capture's gradients
+        gc.collect()
+        torch.cuda.empty_cache()
+        self.releases += 1
+
     def _capture(self, layout: Hashable, shapes: Hashable, batch: Dict[str, Any]) -> _Capture:
         """Record the step for this layout (nothing runs; the replay that follows is its step)."""
         while len(self.graphs) >= self.kept_graphs:
             self.graphs.popitem(last=False)
         device = self.step.device
+        if self.pool is None:
+            self.pool = SharedGraphPool(device)
         if shapes not in self.inputs:
             self.inputs[shapes] = {key: torch.empty(batch[key].shape, dtype=batch[key].dtype, device=device)
                                    for key in self.step.input_keys if key in batch}
         inputs = self.inputs[shapes]
+        terms_out, probs_out = self.outputs[shapes]
         counts = batch['n_objects']
         values, objects = None, None
         if self.step.network_name == 'RMNet':
@@ -94,10 +123,6 @@ class GraphedTrainingStep:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool.handle, capture_error_mode=CAPTURE_MODE):
             terms, probs = self.step.run(inputs, counts, objects)
-            if shapes not in self.outputs:
-                self.outputs[shapes] = (torch.empty_like(terms), None if probs is None else
-                                        torch.empty(probs.shape, dtype=probs.dtype, device=device))
-            terms_out, probs_out = self.outputs[shapes]
             terms_out.copy_(terms)
             if probs is not None:
                 probs_out.copy_(probs)

@@ -11,7 +11,8 @@ graphs (TRAIN.CUDA_GRAPHS, core.training_graphs) and launched kernel by kernel (
 Batches wait in pinned host memory as the data loader leaves them. For each
 precision, mode and batch x crop it reports the median step time over --steps steps after
 --warmup steps as samples per second, and the peak GPU memory from the second step on (a
-graph's capture included, cuDNN's trials of the first step not); JSON
+graph's capture included, cuDNN's trials of the first step not), allocated and reserved by
+PyTorch's allocator (a graph's pool counts as reserved); JSON
 (--out) and a printed table. --profile adds a per-stage breakdown of the eager step timed with CUDA events
 (the query encoder of the clip's frames; each frame's memorise, query region, memory read,
 decoder, aggregation; losses, backward, optimiser step), --profile-ops N the top N operators of torch.profiler by
@@ -232,7 +233,8 @@ def run_one(cfg, weights: Optional[str], device: torch.device, batch_size: int, 
         'objects': n_objects, 'channels_last': bool(cfg.TRAIN.CHANNELS_LAST and device.type == 'cuda'),
         'graphs': step is not eager, 'steps': steps, 'step_ms': median * 1000,
         'samples_per_s': batch_size / median,
-        'peak_gib': torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else None}
+        'peak_gib': torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else None,
+        'peak_reserved_gib': torch.cuda.max_memory_reserved(device) / 2 ** 30 if device.type == 'cuda' else None}
     if profile:
         timer.enabled = True
         per_step = []
@@ -281,14 +283,14 @@ def print_table(runs: Sequence[Dict[str, Any]]) -> None:
     sizes = list(dict.fromkeys((r['batch'], r['crop']) for r in runs))
     columns = list(dict.fromkeys((r['precision'], r['graphs']) for r in runs))
     names = [f"{p}{' graphed' if g else ''} samples/s" for p, g in columns]
-    print(f"{'batch x crop':>12} " + ' '.join(f'{name:>24} {"GiB":>6}' for name in names))
+    print(f"{'batch x crop':>12} " + ' '.join(f'{name:>24} {"GiB (reserved)":>14}' for name in names))
     for batch, crop in sizes:
         row = f'{f"{batch} x {crop}":>12} '
         for precision, graphs in columns:
             run = next(r for r in runs if (r['batch'], r['crop'], r['precision'], r['graphs'])
                        == (batch, crop, precision, graphs))
-            memory = '-' if run['peak_gib'] is None else f"{run['peak_gib']:.2f}"
-            row += f"{run['samples_per_s']:>24.2f} {memory:>6} "
+            memory = '-' if run['peak_gib'] is None else f"{run['peak_gib']:.2f} ({run['peak_reserved_gib']:.2f})"
+            row += f"{run['samples_per_s']:>24.2f} {memory:>14} "
         print(row)
 
 
