@@ -7,11 +7,11 @@ graph as a device tensor, so that clips of 1 + 2 and 2 + 1 objects share one gra
 batch of a layout runs eagerly (cuDNN picks its kernels, the optimiser creates its state), after
 the graphs so far are released, so that their memory pool and the eager step's temporaries are
 never on the GPU together; the second is captured and replayed, and so are the later ones (the
-layouts seen are captured again as they come, without an eager step). What a capture bakes in is checked
-before every replay: the learning rates (the scheduler changes them once an epoch), the
-storage of the parameters and of the optimiser's state, and every module's train/eval mode; a
-change drops the graphs, which are captured again. The step is the same code either way
-(core.train.TrainingStep.run); GPU tests compare the two.
+layouts seen are captured again as they come, without an eager step). What a capture bakes in
+is checked before every replay: the optimiser's settings (the scheduler changes the learning
+rate once an epoch), the storage of the parameters, buffers and optimiser state, and every
+module's train/eval mode; a change drops the graphs, which are captured again. The step is the
+same code either way (core.train.TrainingStep.run); GPU tests compare the two.
 """
 import gc
 from collections import OrderedDict
@@ -57,7 +57,7 @@ class GraphedTrainingStep:
         counts = batch['n_objects']
         rmnet = self.step.network_name == 'RMNet'
         if rmnet and int(counts.sum()) == 0:
-            return self.step(batch)
+            return self.step(batch)          # a zero loss, hardly any memory: beside the graphs
         baked = self._baked_state()
         if baked != self.baked:
             self.graphs.clear()
@@ -93,7 +93,8 @@ class GraphedTrainingStep:
         return terms, probs
 
     def release(self) -> None:
-        """Drop every graph and give their memory pool back to the GPU."""
+        """Drop every graph and give their memory pool back to the GPU (but for the two cuBLAS
+        workspaces of the first capture, 64 MiB, which PyTorch keeps for the process)."""
         if self.pool is None:
             return
         self.graphs.clear()
@@ -136,14 +137,17 @@ class GraphedTrainingStep:
         return ObjectIndex.host_values(counts.tolist()).pin_memory()
 
     def _baked_state(self) -> Tuple[Any, ...]:
-        """What a capture bakes in beyond its inputs."""
+        """What a capture bakes in beyond its inputs: the optimiser's settings (learning rate,
+        betas, ...), where the weights, buffers and optimiser state are, the modules' modes."""
         optimizer, model = self.step.optimizer, self.step.model
-        rates = tuple(float(group['lr']) for group in optimizer.param_groups)
+        settings = tuple((key, value if not isinstance(value, torch.Tensor) else float(value))
+                         for group in optimizer.param_groups for key, value in group.items() if key != 'params')
         storage = tuple(p.data_ptr() for group in optimizer.param_groups for p in group['params'])
+        buffers = tuple(b.data_ptr() for b in model.buffers())
         state = tuple(value.data_ptr() for per_param in optimizer.state.values()
                       for value in per_param.values() if torch.is_tensor(value))
         modes = tuple(m.training for m in model.modules())
-        return rates, storage, state, modes
+        return settings, storage, buffers, state, modes
 
 
 def graphs_apply(cfg, device: torch.device, world_size: int, precision: str) -> bool:

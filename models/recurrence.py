@@ -73,7 +73,7 @@ class FrameRecurrence:
         if self.fast and self._same_shapes(frame, masks):
             self._restart(frame, masks)
             return
-        self.objects = objects or ObjectIndex.from_counts(self.counts, frame.device)
+        self.objects = objects if objects is not None else ObjectIndex.from_counts(self.counts, frame.device)
         self.n_channels = masks.shape[1]
         self.in_use = self.objects.channel_in_use(self.n_channels)
         self.existing = present_channels(masks)
