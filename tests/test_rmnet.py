@@ -119,6 +119,33 @@ def test_forward_encodes_the_queries_of_a_clip_together_with_the_same_result():
     assert torch.allclose(grad_together, grad_alone, rtol=1e-4, atol=1e-6)
 
 
+def test_forward_reads_the_object_index_held_by_the_caller():
+    """A captured training step passes the object index in, its device values rewritten for each
+    batch with as many objects: an index built for the counts [1, 2] whose values were then
+    rewritten with those of [2, 1] gives the forward of [2, 1], whatever n_objects says."""
+    torch.manual_seed(0)
+    net = RMNet(cfg).eval()
+    batch, n_frames, height, width = 2, 3, 32, 48
+    frames = torch.randn(batch, n_frames, 3, height, width)
+    ids = torch.zeros(batch, n_frames, height, width, dtype=torch.long)
+    ids[:, :, 4:14, 4:20] = 1
+    ids[:, :, 18:30, 26:44] = 2
+    masks = F.one_hot(ids, 4).permute(0, 1, 4, 2, 3).float()
+    flows = torch.zeros(batch, n_frames, 2, height, width)
+    one_two = torch.tensor([[1] * n_frames, [2] * n_frames])
+    two_one = torch.tensor([[2] * n_frames, [1] * n_frames])
+    values = ObjectIndex.host_values([1, 2])
+    held = ObjectIndex.from_values(values, [1, 2])
+    values.copy_(ObjectIndex.host_values([2, 1]))
+    with torch.no_grad():
+        built_one_two = net(frames, masks, flows, one_two, memorize_every=1)
+        built_two_one = net(frames, masks, flows, two_one, memorize_every=1)
+        given = net(frames, masks, flows, one_two, memorize_every=1, objects=held)
+    assert held.batch.tolist() == [0, 0, 1] and held.channel.tolist() == [1, 2, 1]
+    assert torch.equal(given, built_two_one)
+    assert not torch.allclose(given, built_one_two)
+
+
 def test_soft_aggregation_value_and_gradient_equal_the_product_over_objects():
     """The background is prod_k (1 - p_k); with a zero factor (p = 1) the gradient stays exact."""
     objects = ObjectIndex.from_counts([3, 1], torch.device('cpu'))
