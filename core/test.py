@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from core.distributed import broadcast_object, gather_objects, setup_distributed
 from core.results import VideoResults
-from core.scoring import ScoreJob, score_files
+from core.scoring import ScoreJob, merge_parts, score_files, video_parts
 from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
 from core.segmenter import VideoSegmenter
 from core.streaming import SplitSpeed, experiment_dir, new_segmenter, prepare_output_dir
@@ -58,14 +58,22 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
                 dataset, split, out_dir)
     speed = speed or SplitSpeed()
     speed.start = time.perf_counter()
-    with ScoringPool(int(cfg.TEST.EVAL_WORKERS) if with_truth else 1) as scorer:
+    workers = int(cfg.TEST.EVAL_WORKERS) if with_truth else 1
+    parts_per_video = []
+    with ScoringPool(workers) as scorer:
         bar = tqdm(videos, desc=f'{dataset} {split}', unit='video', disable=not shard.is_main)
         for video in bar:
             fps = _segment_and_write(segmenter, video, out_dir, bool(cfg.TEST.VISUALIZE), speed)
             bar.set_postfix(video=video.name, fps=f'{fps:.1f}')
             if video.ground_truth:
-                scorer.submit(score_files, _score_job(video, out_dir, bool(cfg.TEST.EXCLUDE_VOID)))
-        records = [record for video_records in scorer.results() for record in video_records]
+                # each video in as many parts as workers: the last one is scored that much sooner
+                parts = video_parts(_score_job(video, out_dir, bool(cfg.TEST.EXCLUDE_VOID)), workers)
+                for part in parts:
+                    scorer.submit(score_files, part)
+                parts_per_video.append(len(parts))
+        scored = scorer.results()
+        records = [record for n_parts in parts_per_video
+                   for record in merge_parts([next(scored) for _ in range(n_parts)])]
     logger.info('Segmented and scored %s', speed.summary())
     order = {video.name: i for i, video in enumerate(all_videos)}
     records = sorted((r for part in gather_objects(shard, records) for r in part),

@@ -153,14 +153,14 @@ def object_count(first_gt: np.ndarray) -> int:
     return int(ids.max()) if ids.size else 0
 
 
-def _check_prediction_ids(name: str, pred: np.ndarray, n_objects: int) -> None:
-    """Raise when an evaluated frame (1 .. T-2) holds an id above the number of objects."""
-    top = pred[1:-1].reshape(len(pred) - 2, -1).max(axis=1) if len(pred) > 2 else np.zeros(0)
+def _check_prediction_ids(name: str, pred: np.ndarray, n_objects: int, first_frame: int) -> None:
+    """Raise when a scored frame holds an id above the number of objects (pred: the frames from
+    `first_frame` on)."""
+    top = pred.reshape(len(pred), -1).max(axis=1) if len(pred) else np.zeros(0)
     bad = np.flatnonzero(top > n_objects)
     if bad.size:
-        frame = int(bad[0]) + 1
-        raise DataError(f'{name}: frame {frame} of the prediction holds object id {int(top[frame - 1])}, '
-                        f'but the ground truth has {n_objects} object(s)')
+        raise DataError(f'{name}: frame {first_frame + int(bad[0])} of the prediction holds object id '
+                        f'{int(top[bad[0]])}, but the ground truth has {n_objects} object(s)')
 
 
 def sequence_scores(name: str, gt_ids: np.ndarray, pred_ids: np.ndarray, binary: bool = False,
@@ -178,6 +178,16 @@ def sequence_scores(name: str, gt_ids: np.ndarray, pred_ids: np.ndarray, binary:
     if gt_ids.ndim != 3 or gt_ids.shape != pred_ids.shape:
         raise DataError(f'{name}: ground truth {gt_ids.shape} and prediction {pred_ids.shape} '
                         f'must be (T, H, W) arrays of one shape')
+    scored = slice(1, max(len(gt_ids) - 1, 1))
+    return frame_scores(name, gt_ids[0], gt_ids[scored], pred_ids[scored], 1, binary, exclude_void)
+
+
+def frame_scores(name: str, first_gt: np.ndarray, gt_ids: np.ndarray, pred_ids: np.ndarray, first_frame: int,
+                 binary: bool = False, exclude_void: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-object J and F, each (n_objects, F), of F consecutive frames of a sequence from frame
+    `first_frame` on: gt_ids, pred_ids (F, H, W); the objects are those of the sequence's first
+    annotation first_gt (H, W). sequence_scores is this over frames 1 .. T-2 (same rules); a
+    sequence scored in parts gives the same values."""
     void = None
     if binary:
         gt_ids, pred_ids, n_objects = gt_ids != 0, pred_ids != 0, 1
@@ -185,13 +195,11 @@ def sequence_scores(name: str, gt_ids: np.ndarray, pred_ids: np.ndarray, binary:
         if exclude_void:
             void = gt_ids == VOID_ID
         gt_ids = np.where(gt_ids == VOID_ID, 0, gt_ids)
-        n_objects = object_count(gt_ids[0])
-    _check_prediction_ids(name, pred_ids, n_objects)
-    n_frames = max(len(gt_ids) - 2, 0)
-    j, f = np.zeros((n_objects, n_frames)), np.zeros((n_objects, n_frames))
-    for t in range(n_frames):
-        gt, pred = gt_ids[t + 1], pred_ids[t + 1]
-        frame_void = None if void is None else void[t + 1]
+        n_objects = object_count(first_gt)
+    _check_prediction_ids(name, pred_ids, n_objects, first_frame)
+    j, f = np.zeros((n_objects, len(gt_ids))), np.zeros((n_objects, len(gt_ids)))
+    for t, (gt, pred) in enumerate(zip(gt_ids, pred_ids)):
+        frame_void = None if void is None else void[t]
         for k in range(n_objects):
             gt_mask, pred_mask = gt == k + 1, pred == k + 1
             j[k, t] = region_similarity(gt_mask, pred_mask, frame_void)
