@@ -89,18 +89,24 @@ def test_whole_model_same_on_cpu_and_gpu(synth_checkpoint):
     assert difference[:4].max() < 1e-4 and difference.max() < 1e-3, difference
 
 
+def two_box_clips(n_frames: int, second_box_in):
+    """A random RMNet (seed 0) and two clips of 32x48 random frames, zero flows and one-hot masks
+    (4 channels) of a box 1 in both clips and a box 2 in the clips `second_box_in`."""
+    torch.manual_seed(0)
+    net = RMNet(cfg).eval()
+    frames = torch.randn(2, n_frames, 3, 32, 48)
+    ids = torch.zeros(2, n_frames, 32, 48, dtype=torch.long)
+    ids[:, :, 4:14, 4:20] = 1
+    ids[second_box_in, :, 18:30, 26:44] = 2
+    masks = F.one_hot(ids, 4).permute(0, 1, 4, 2, 3).float()
+    return net, frames, masks, torch.zeros(2, n_frames, 2, 32, 48)
+
+
 def test_forward_encodes_the_queries_of_a_clip_together_with_the_same_result():
     """RMNet.forward (every later frame's query encoded as one batch) equals the frame loop with
     each frame encoded on its own: probabilities and the gradient of the encoder's weights."""
-    torch.manual_seed(0)
-    net = RMNet(cfg).eval()
-    batch, n_frames, height, width = 2, 4, 32, 48
-    frames = torch.randn(batch, n_frames, 3, height, width)
-    ids = torch.zeros(batch, n_frames, height, width, dtype=torch.long)
-    ids[:, :, 4:14, 4:20] = 1
-    ids[0, :, 18:30, 26:44] = 2
-    masks = F.one_hot(ids, 4).permute(0, 1, 4, 2, 3).float()
-    flows = torch.zeros(batch, n_frames, 2, height, width)
+    n_frames = 4
+    net, frames, masks, flows = two_box_clips(n_frames, second_box_in=[0])
     n_objects = torch.tensor([[2] * n_frames, [1] * n_frames])
 
     def weight_grad(probs):
@@ -123,15 +129,8 @@ def test_forward_reads_the_object_index_held_by_the_caller():
     """A captured training step passes the object index in, its device values rewritten for each
     batch with as many objects: an index built for the counts [1, 2] whose values were then
     rewritten with those of [2, 1] gives the forward of [2, 1], whatever n_objects says."""
-    torch.manual_seed(0)
-    net = RMNet(cfg).eval()
-    batch, n_frames, height, width = 2, 3, 32, 48
-    frames = torch.randn(batch, n_frames, 3, height, width)
-    ids = torch.zeros(batch, n_frames, height, width, dtype=torch.long)
-    ids[:, :, 4:14, 4:20] = 1
-    ids[:, :, 18:30, 26:44] = 2
-    masks = F.one_hot(ids, 4).permute(0, 1, 4, 2, 3).float()
-    flows = torch.zeros(batch, n_frames, 2, height, width)
+    n_frames = 3
+    net, frames, masks, flows = two_box_clips(n_frames, second_box_in=[0, 1])
     one_two = torch.tensor([[1] * n_frames, [2] * n_frames])
     two_one = torch.tensor([[2] * n_frames, [1] * n_frames])
     values = ObjectIndex.host_values([1, 2])
