@@ -40,16 +40,16 @@ def merge_parts(parts: Sequence[List[ObjectRecord]]) -> List[ObjectRecord]:
             for records in zip(*parts)]
 
 
-def _read_all(paths: Sequence[str], shape: Optional[tuple], what: str) -> np.ndarray:
+def _read_all(paths: Sequence[str], shape: Tuple[int, int], what: str) -> np.ndarray:
+    """The masks of `paths`, each of `shape`, as (len(paths), H, W)."""
     masks = []
     for path in paths:
         mask = read_mask(path)
-        shape = shape or mask.shape
         if mask.shape != shape:
             raise DataError(f'{path}: {what} is {mask.shape[1]}x{mask.shape[0]}, expected '
                             f'{shape[1]}x{shape[0]}')
         masks.append(mask)
-    return np.stack(masks)
+    return np.stack(masks) if masks else np.zeros((0,) + tuple(shape), np.uint8)
 
 
 def score_files(job: ScoreJob) -> List[ObjectRecord]:
@@ -60,7 +60,8 @@ def score_files(job: ScoreJob) -> List[ObjectRecord]:
     first, stop = job.frames or (1, max(n_frames - 1, 1))
     low, high = (0 if first == 1 else first), (n_frames if stop == n_frames - 1 else stop)
     first_gt = read_mask(job.gt_paths[0])
-    gt = _read_all(job.gt_paths[low:high], first_gt.shape, 'ground-truth mask')
+    later_gt = _read_all(job.gt_paths[max(low, 1):high], first_gt.shape, 'ground-truth mask')
+    gt = np.concatenate([first_gt[None], later_gt]) if low == 0 else later_gt
     pred = _read_all(job.pred_paths[low:high], first_gt.shape, 'predicted mask')
     scored = slice(first - low, stop - low)
     j, f = frame_scores(job.name, first_gt, gt[scored], pred[scored], first, binary=job.binary,

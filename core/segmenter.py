@@ -36,6 +36,7 @@ from models.recurrence import FrameRecurrence
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import load_networks
+from utils.configuration import check_test_options
 from utils.cuda_graph import SharedGraphPool
 
 __all__ = ['SegmentationError', 'VideoSegmenter', 'network_size', 'pick_device']
@@ -129,6 +130,7 @@ class VideoSegmenter:
     def __init__(self, weights: Optional[str], device: Union[str, torch.device, None], cfg,
                  tflownet: Optional[TinyFlowNet] = None, rmnet: Optional[RMNet] = None,
                  short_side: Optional[int] = None):
+        check_test_options(cfg)            # before the GPU libraries start (the CLI checked them too)
         self.cfg = cfg
         self.device = pick_device(device)
         self.short_side = short_side
@@ -164,8 +166,6 @@ class VideoSegmenter:
         self.active: Optional[object] = None          # the token of the video being segmented
         self.frame_input = _FrameInput(self.device, self.mean, self.std)
         self.mask_buffers: List[torch.Tensor] = []      # pinned, for the downloads of the id masks
-        if int(test.KEPT_CAPTURES) < 1:
-            raise SegmentationError(f'TEST.KEPT_CAPTURES must be at least 1, got {test.KEPT_CAPTURES}')
         if self.fast:
             self._initialise_gpu_libraries()
         # the branches of earlier (object count, size) pairs, kept with their graphs on the fast path

@@ -148,7 +148,6 @@ class TrainingStep:
                  scaler: torch.amp.GradScaler, device: torch.device, network_name: str,
                  precision: str, mark: Callable[[str], None] = no_stage_mark):
         self.cfg = cfg
-        self.precision = precision
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
@@ -456,7 +455,7 @@ class Trainer:
         self.last_epoch = int(cfg.TRAIN.N_EPOCHS)
         self.step = TrainingStep(cfg, self.model, self.optimizer, self.scaler, self.dist.device,
                                  self.network_name, self.precision)
-        self.stepper = training_step(cfg, self.step, self.dist.world_size)     # graphed or the step
+        self.stepper = training_step(cfg, self.step, graphs)     # graphed or the step
         if len(self.dataset) < batch:
             raise TrainingError(f'the training set has {len(self.dataset)} clips, fewer than one batch '
                                 f'of {batch} (TRAIN.BATCH_SIZE)')
@@ -603,7 +602,8 @@ class Trainer:
             bar.set_postfix(loss=f'{records[-1][1]["loss"]:.4f}')
 
     def _log_images(self, batch: Dict[str, Any], probs: torch.Tensor) -> None:
-        frame = batch['frames'][0, -1].permute(1, 2, 0).numpy()
+        # the clip's byte frame in its original colours (RandomChannelPermutation undone)
+        frame = batch['frames'][0, -1].permute(1, 2, 0).numpy()[..., np.argsort(batch['channel_order'][0].numpy())]
         predicted = probs[0, -1].argmax(0).cpu().numpy().astype(np.uint8)
         truth = batch['labels'][0, -1].numpy().astype(np.uint8)
         picture = np.concatenate([overlay(frame, truth), overlay(frame, predicted)], axis=1)

@@ -156,8 +156,7 @@ def graphs_apply(cfg, device: torch.device, world_size: int, precision: str) -> 
     return bool(cfg.TRAIN.CUDA_GRAPHS) and device.type == 'cuda' and world_size == 1 and precision != 'fp16'
 
 
-def training_step(cfg, step, world_size: int):
-    """The step a run trains with: graphed when graphs_apply, else the step itself."""
-    if graphs_apply(cfg, step.device, world_size, step.precision):
-        return GraphedTrainingStep(step, int(cfg.TRAIN.KEPT_GRAPHS))
-    return step
+def training_step(cfg, step, graphs: bool):
+    """The step a run trains with: graphed when `graphs` (graphs_apply, which also decides
+    whether the optimiser is built capturable), else the step itself."""
+    return GraphedTrainingStep(step, int(cfg.TRAIN.KEPT_GRAPHS)) if graphs else step

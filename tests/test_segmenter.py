@@ -13,6 +13,7 @@ from core.segmenter import SegmentationError, VideoSegmenter, network_size
 from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import load_networks
+from utils.configuration import ConfigError
 from utils.io import read_frame, read_mask
 from utils.metrics import boundary_f, region_similarity
 
@@ -97,7 +98,7 @@ def test_release_frees_the_kept_branches_and_stops_an_unfinished_video(networks,
     seg.release()                                # an interrupted video must not mask its error
     with pytest.raises(SegmentationError, match=r'release\(\) freed it'):
         list(running)
-    with pytest.raises(SegmentationError, match='KEPT_CAPTURES must be at least 1'):
+    with pytest.raises(ConfigError, match='KEPT_CAPTURES must be at least 1'):
         segmenter(networks, KEPT_CAPTURES=0)
 
 

@@ -558,3 +558,23 @@ def test_a_gpu_run_with_loading_workers_replays_its_steps_and_trains_as_without(
             assert trainer.stepper.replays > 0 and trainer.stepper.captures >= 1
     assert all(math.isfinite(v) for v in losses[0])
     assert np.allclose(losses[0], losses[1], rtol=1e-3, atol=1e-4), losses
+
+
+def test_the_logged_picture_shows_the_frame_in_its_original_colours(data_root, tmp_path, monkeypatch):
+    """The TensorBoard picture undoes the clip's channel permutation (datasets.transforms)."""
+    from datasets.transforms import RandomChannelPermutation
+    original = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    rng = np.random.default_rng(3)
+    clip = RandomChannelPermutation()({'frames': [original]}, rng)
+    assert clip['channel_order'].tolist() != [0, 1, 2]
+    batch = {'frames': torch.from_numpy(clip['frames'][0].copy()).permute(2, 0, 1)[None, None],
+             'channel_order': torch.from_numpy(clip['channel_order'])[None],
+             'labels': torch.zeros(1, 1, 16, 24, dtype=torch.uint8)}
+    trainer = Trainer(training_cfg(data_root), str(tmp_path))
+    pictures = []
+    monkeypatch.setattr(trainer.writer, 'add_image',
+                        lambda tag, picture, step, dataformats: pictures.append(picture))
+    probs = torch.zeros(1, 1, 2, 16, 24)
+    probs[:, :, 0] = 1                                       # predicted: all background
+    trainer._log_images(batch, probs)
+    assert np.array_equal(pictures[0][:, :24], original) and np.array_equal(pictures[0][:, 24:], original)

@@ -34,7 +34,7 @@ def test_on_the_cpu_a_run_trains_with_the_step_itself():
     assert not optimizer.param_groups[0]['capturable'] and not optimizer.param_groups[0]['fused']
     step = TrainingStep(cfg, net, optimizer, torch.amp.GradScaler('cuda', enabled=False), torch.device('cpu'),
                         'RMNet', 'fp32')
-    assert training_step(cfg, step, 1) is step
+    assert training_step(cfg, step, graphs_apply(cfg, torch.device('cpu'), 1, 'fp32')) is step
 
 
 def test_an_optimiser_state_resumes_across_implementations():

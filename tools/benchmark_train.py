@@ -198,7 +198,7 @@ def build_step(cfg, weights: Optional[str], device: torch.device,
     for method in CLIP_STAGES + FRAME_STAGES:
         timer.wrap(rmnet, method)
     step = TrainingStep(cfg, rmnet, optimizer, scaler, device, 'RMNet', cfg.TRAIN.PRECISION, mark=timer.mark)
-    return step, training_step(cfg, step, 1), rmnet
+    return step, training_step(cfg, step, graphs), rmnet
 
 
 def synchronize(device: torch.device) -> None:
