@@ -146,6 +146,7 @@ __C.TEST.REGIONAL_READ = True                             # False: the published
 # were given and the N most recent other kept frames (speed and GPU memory stay flat on long
 # videos; a deviation, see README "Differences from the published code").
 __C.TEST.MAX_MEMORY_FRAMES = 0
+__C.TEST.READ_AHEAD = True                                # splits: open the next video (masks, frames, GPU warm-up) early
 __C.TEST.KEPT_CAPTURES = 8                                # GPU: captured steps kept for this many (objects, size) pairs
 __C.TEST.MAIN_METRIC_NAME = 'JF-Mean'
 __C.TEST.VISUALIZE = False                                # write overlays beside the masks

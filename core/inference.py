@@ -22,15 +22,16 @@ A user's video (segment_user_video):
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 import config
 from core.segmenter import VideoSegmenter as CoreSegmenter
 from core.segmenter import network_size
-from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
+from core.sequences import SplitStreams, benchmark_videos, first_video_layout, output_frames, resolve_split
 from core.results import VideoResults, write_zip
 from core.streaming import SplitSpeed, experiment_dir, new_segmenter, prepare_output_dir, segment_stream
 from datasets.video import Video
@@ -71,16 +72,17 @@ def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optio
     out_dir = check_output_folder(cfg, out_dir or experiment_dir(cfg))
     check_empty_output(out_dir)
     out_dir = prepare_output_dir(out_dir)
-    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
+    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side, first_video_layout(videos, cfg))
     results_dir = 'Annotations' if dataset.startswith('YOUTUBE_VOS') else ''
     logger.info('Segmenting %d videos of %s %s into %s', len(videos), dataset, split, out_dir)
     members: List[str] = []
     speed = SplitSpeed()
-    bar = tqdm(videos, desc=f'{dataset} {split}', unit='video')
-    for video in bar:
-        start = time.perf_counter()
-        members += _write_results(segmenter, video, out_dir, results_dir, bool(cfg.TEST.VISUALIZE), speed)
-        bar.set_postfix(video=video.name, fps=f'{len(video) / max(time.perf_counter() - start, 1e-9):.1f}')
+    with SplitStreams(segmenter, videos, bool(cfg.TEST.READ_AHEAD)) as streams:
+        bar = tqdm(streams, total=len(videos), desc=f'{dataset} {split}', unit='video')
+        for video, stream in bar:
+            start = time.perf_counter()
+            members += _write_results(video, stream, out_dir, results_dir, bool(cfg.TEST.VISUALIZE), speed)
+            bar.set_postfix(video=video.name, fps=f'{len(video) / max(time.perf_counter() - start, 1e-9):.1f}')
     logger.info('Segmented %s', speed.summary())
     zip_path = os.path.join(out_dir, f'{split}.zip')
     atomic_write(zip_path, lambda temporary: write_zip(temporary, out_dir, members))
@@ -88,14 +90,14 @@ def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optio
     return zip_path
 
 
-def _write_results(segmenter: CoreSegmenter, video: Video, out_dir: str, results_dir: str,
-                   visualize: bool, speed: SplitSpeed) -> List[str]:
-    """Write one video's masks; return their paths relative to out_dir."""
+def _write_results(video: Video, stream: Iterator[Tuple[np.ndarray, np.ndarray]], out_dir: str,
+                   results_dir: str, visualize: bool, speed: SplitSpeed) -> List[str]:
+    """Write one video's masks from its (frame, ids) stream; return their paths relative to out_dir."""
     overlay_video = (VideoWriter(os.path.join(out_dir, 'overlay', f'{video.name}.mp4'), FOLDER_FPS)
                      if visualize else None)
     with VideoResults(os.path.join(out_dir, results_dir, video.name), video.output_names,
                       output_frames(video), overlay_video=overlay_video) as results:
-        for t, (frame, ids) in enumerate(speed.timed(stream_video(segmenter, video))):
+        for t, (frame, ids) in enumerate(speed.timed(stream)):
             results.write(t, frame, ids)
     return [os.path.relpath(path, out_dir) for path in results.mask_paths]
 

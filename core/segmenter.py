@@ -15,13 +15,16 @@ the GPU, the regional read kernel, every variant's per-frame step replayed as it
 graph, frames uploaded and masks downloaded asynchronously through pinned buffers (each mask
 is yielded one frame later, when its copy has landed). The buffers and graphs of each object
 count and size are kept for later videos (TEST.KEPT_CAPTURES, core.prepared_branches), and the
-GPU libraries start with the segmenter. TEST.PRECISION = 'bf16' adds bf16
+GPU libraries start with the segmenter. The eager first steps and the captures run in one
+thread of the process (utils.cuda_graph.CaptureThread), which `warm_up` prepares for a video
+to come (its cuDNN plans and kernels) while the current one replays. TEST.PRECISION = 'bf16' adds bf16
 autocast and channels-last convolutions. TEST.REGIONAL_READ = False runs the published
 dense read.
 """
 import contextlib
 import copy
 import logging
+import threading
 from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
@@ -37,7 +40,7 @@ from models.rmnet import RMNet
 from models.tiny_flownet import TinyFlowNet
 from utils.checkpoint import load_networks
 from utils.configuration import check_test_options
-from utils.cuda_graph import SharedGraphPool
+from utils.cuda_graph import SharedGraphPool, shared_capture_thread
 
 __all__ = ['SegmentationError', 'VideoSegmenter', 'network_size', 'pick_device']
 
@@ -124,12 +127,14 @@ class VideoSegmenter:
     The networks (given, or built from cfg and loaded from `weights`) are moved to `device`
     and put in eval mode in place, so that segmenters can share them; with TEST.PRECISION
     'bf16' on a GPU the segmenter works on prepared copies (BatchNorm folded, bf16,
-    channels-last), and networks that are already bf16 are used as they are.
+    channels-last), and networks that are already bf16 are used as they are. first_video: the
+    object count and (H, W) frame size of the first video, when known: the GPU libraries then
+    start with its shapes, so that its first frame only runs and captures its step.
     """
 
     def __init__(self, weights: Optional[str], device: Union[str, torch.device, None], cfg,
                  tflownet: Optional[TinyFlowNet] = None, rmnet: Optional[RMNet] = None,
-                 short_side: Optional[int] = None):
+                 short_side: Optional[int] = None, first_video: Optional[Tuple[int, Tuple[int, int]]] = None):
         check_test_options(cfg)            # before the GPU libraries start (the CLI checked them too)
         self.cfg = cfg
         self.device = pick_device(device)
@@ -166,28 +171,71 @@ class VideoSegmenter:
         self.active: Optional[object] = None          # the token of the video being segmented
         self.frame_input = _FrameInput(self.device, self.mean, self.std)
         self.mask_buffers: List[torch.Tensor] = []      # pinned, for the downloads of the id masks
-        if self.fast:
-            self._initialise_gpu_libraries()
+        self.capture_thread = shared_capture_thread() if self.fast else None
+        self.warmed = set()                            # (objects, network size) pairs the thread ran
+        self.warmed_lock = threading.Lock()
+        if self.fast:        # part of loading the model: cuDNN, cuBLAS and the Triton read start
+            n_objects, net_size = 1, WARM_UP_SIZE
+            if first_video is not None and first_video[0] > 0:   # with the first video's own shapes
+                n_objects, net_size = self._layout(*first_video)
+                self.warmed.add((n_objects, net_size))
+            self.capture_thread.run(lambda: self._warm_up(n_objects, net_size))
         # the branches of earlier (object count, size) pairs, kept with their graphs on the fast path
         self.prepared = PreparedBranches(int(test.KEPT_CAPTURES) if self.fast else 1)
         self.graph_pool = SharedGraphPool(self.device) if self.fast else None
         self.branches: List[ScaleBranch] = []          # those of the video being segmented
 
+    def warm_up(self, n_objects: int, frame_size: Tuple[int, int]) -> None:
+        """Prepare for a video to come with `n_objects` objects and (H, W) frames: on the fast
+        path, one throwaway step of its shapes runs in the capture thread (cuDNN plans, kernel
+        loading), so that its first frame only runs and captures its step. Returns at once;
+        the video's first step waits for it. A failed warm-up is logged; that video's first
+        step then meets the error itself, if there is one."""
+        if not self.fast or n_objects < 1:
+            return
+        key = self._layout(n_objects, frame_size)
+        with self.warmed_lock:
+            if key in self.warmed:
+                return
+            self.warmed.add(key)
+        self.capture_thread.submit(lambda: self._warm_up_logged(*key))
+
+    def _layout(self, n_objects: int, frame_size: Tuple[int, int]) -> Tuple[int, Tuple[int, int]]:
+        """(objects, network size) of a video: what its steps' shapes depend on."""
+        return int(n_objects), tuple(int(side) for side in network_size(*frame_size, self.short_side))
+
+    def _warm_up_logged(self, n_objects: int, net_size: Tuple[int, int]) -> None:
+        try:
+            self._warm_up(n_objects, net_size)
+        except Exception as e:  # the video's own first step reports what matters
+            logger.warning('warming up for a video of %d objects at %dx%d failed (%s); its first frame '
+                           'prepares it instead', n_objects, net_size[1], net_size[0], e)
+
     @torch.no_grad()
-    def _initialise_gpu_libraries(self) -> None:
-        """One step of a tiny video, part of loading the model: cuDNN and cuBLAS start and the
-        Triton read is compiled (once per machine, then cached on disk) and loaded, so that
-        the first real video pays only for its own shapes (cuDNN plans, its CUDA graph)."""
-        height, width = WARM_UP_SIZE
-        frame = torch.zeros(1, 3, height, width, device=self.device)
-        masks = torch.zeros(1, 2, height, width, device=self.device)
-        masks[:, 1, height // 4:-height // 4, width // 4:-width // 4] = 1
-        masks[:, 0] = 1 - masks[:, 1]
-        recurrence = FrameRecurrence(self.rmnet, [1], memorize_every=1, regional_read=True,
-                                     flow_net=self.tflownet)
+    def _warm_up(self, n_objects: int, net_size: Tuple[int, int]) -> None:
+        """One eager step of a throwaway video of `n_objects` objects at the network size,
+        through every variant of test-time augmentation, in the calling thread (the capture
+        thread): its cuDNN plans are built and its kernels loaded (the Triton read compiled
+        once per machine, then cached on disk). Its memory is freed at the end."""
+        height, width = net_size
+        frame = self._channels_last(torch.zeros(1, 3, height, width, device=self.device))
+        ids = np.zeros((height, width), dtype=np.uint8)
+        stripe = max(1, width // (2 * n_objects))
+        for k in range(n_objects):              # side by side in the middle of the frame
+            ids[height // 4:height - height // 4, width // 4 + k * stripe:width // 4 + (k + 1) * stripe] = k + 1
+        lookup = torch.arange(n_objects + 1, device=self.device)
+        masks = self._one_hot(ids, lookup, n_objects + 1, net_size, net_size)   # laid out as a video's
+
+        def recurrence(flow_net: Optional[TinyFlowNet]) -> FrameRecurrence:
+            return FrameRecurrence(self.rmnet, [n_objects], memorize_every=1, regional_read=True,
+                                   flow_net=flow_net)
+
         with self._precision_context():
-            recurrence.start(self._channels_last(frame), masks)
-            recurrence.step(self._channels_last(frame))
+            for scale in self.scales:
+                branch = ScaleBranch(scale, recurrence(self.tflownet), recurrence(None) if self.flip else None,
+                                     tuple(net_size))
+                branch.start(frame, masks)
+                branch.step(frame, None)
         torch.cuda.synchronize(self.device)
 
     def release(self) -> None:
@@ -284,12 +332,15 @@ class VideoSegmenter:
             return FrameRecurrence(self.rmnet, [n_objects], self.memorize_every, self.regional_read,
                                    fast=self.fast, expected_frames=expected_frames, flow_net=flow_net,
                                    max_memory_frames=self.max_memory_frames,
-                                   graph_pool=self.graph_pool.handle if self.fast else None)
+                                   graph_pool=self.graph_pool.handle if self.fast else None,
+                                   capture_thread=self.capture_thread)
 
         def build() -> List[ScaleBranch]:
             return [ScaleBranch(scale, recurrence(self.tflownet), recurrence(None) if self.flip else None,
                                 net_size) for scale in self.scales]
 
+        with self.warmed_lock:            # its first step builds the plans in the capture thread
+            self.warmed.add((n_objects, tuple(int(side) for side in net_size)))
         branches = self.prepared.get((n_objects, n_channels, tuple(net_size)), build)
         for branch in branches:
             branch.expect(expected_frames)

@@ -1,6 +1,7 @@
 """Benchmark videos (DAVIS, YouTube-VOS) streamed from disk through a segmenter."""
+import concurrent.futures
 import logging
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -74,16 +75,82 @@ def video_objects(video: Video, cfg) -> ObjectManager:
     return objects
 
 
-def stream_video(segmenter: VideoSegmenter, video: Video) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """Yield (frame, ids) for every frame of a benchmark video, frames read ahead in a thread.
-    A mask that cannot be segmented is reported with the video's name and its mask files."""
+OpenedVideo = Tuple[ObjectManager, PrefetchReader]
+
+
+def first_video_layout(videos: Sequence[Video], cfg) -> Optional[Tuple[int, Tuple[int, int]]]:
+    """(objects, frame size) of the first video, for the segmenter to start with its shapes;
+    None when there is none or its masks cannot be read (the error comes at its turn)."""
+    if not videos:
+        return None
     try:
-        objects = video_objects(video, segmenter.cfg)
-        with PrefetchReader(FrameFiles(video.frame_paths)) as frames:
-            yield from segment_stream(segmenter, frames, objects)
+        objects = video_objects(videos[0], cfg)
+    except (DataError, SegmentationError):
+        return None
+    return len(objects), objects.first_mask.shape
+
+
+def open_video(segmenter: VideoSegmenter, video: Video, warm_up: bool = False) -> OpenedVideo:
+    """A video's objects and its frames, read ahead in a thread; with `warm_up`, the segmenter
+    also prepares for its object count and size in the background."""
+    objects = video_objects(video, segmenter.cfg)
+    if warm_up:
+        segmenter.warm_up(len(objects), objects.first_mask.shape)
+    return objects, PrefetchReader(FrameFiles(video.frame_paths))
+
+
+def stream_video(segmenter: VideoSegmenter, video: Video,
+                 opened: Optional['concurrent.futures.Future[OpenedVideo]'] = None,
+                 on_first: Optional[Callable[[], None]] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """Yield (frame, ids) for every frame of a benchmark video, frames read ahead in a thread.
+    opened: the video opened ahead (open_video), whose errors are raised here; on_first: called
+    once the first mask is there (the video's first step has run). A mask that cannot be
+    segmented is reported with the video's name and its mask files."""
+    try:
+        objects, frames = open_video(segmenter, video) if opened is None else opened.result()
+        with frames:
+            for t, item in enumerate(segment_stream(segmenter, frames, objects)):
+                if t == 0 and on_first is not None:
+                    on_first()
+                yield item
     except SegmentationError as e:
         masks = ', '.join(video.given_masks[index] for index in sorted(video.given_masks))
         raise SegmentationError(f'{video.name}: {e} (mask files: {masks})') from e
+
+
+class SplitStreams:
+    """The (video, stream) pairs of a split, in order. With `read_ahead`, once a video's first
+    mask is there the next video is opened in a thread: its masks are read, its first frames
+    prefetched and the segmenter warmed up for its objects and size (VideoSegmenter.warm_up),
+    while this video runs. An error of the next video is raised when its turn comes, after
+    this one's masks were all given. Use as a context manager: leaving it closes what was
+    opened ahead."""
+
+    def __init__(self, segmenter: VideoSegmenter, videos: Sequence[Video], read_ahead: bool = True):
+        self.segmenter = segmenter
+        self.videos = list(videos)
+        self.read_ahead = read_ahead
+        self.opened: Dict[int, 'concurrent.futures.Future[OpenedVideo]'] = {}
+        self.opener = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='video-open')
+
+    def __iter__(self) -> Iterator[Tuple[Video, Iterator[Tuple[np.ndarray, np.ndarray]]]]:
+        for i, video in enumerate(self.videos):
+            yield video, stream_video(self.segmenter, video, self.opened.pop(i, None),
+                                      on_first=lambda i=i: self._open(i + 1))
+
+    def _open(self, i: int) -> None:
+        if self.read_ahead and i < len(self.videos) and i not in self.opened:
+            self.opened[i] = self.opener.submit(open_video, self.segmenter, self.videos[i], True)
+
+    def __enter__(self) -> 'SplitStreams':
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for future in self.opened.values():
+            if future.exception() is None:
+                future.result()[1].close()
+        self.opened.clear()
+        self.opener.shutdown(wait=True)
 
 
 def output_frames(video: Video) -> List[int]:

@@ -4,7 +4,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Iterable, Iterator, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,10 +38,11 @@ def prepare_output_dir(path: str) -> str:
     return path
 
 
-def new_segmenter(weights: Optional[str], cfg, short_side: Optional[int] = None) -> VideoSegmenter:
+def new_segmenter(weights: Optional[str], cfg, short_side: Optional[int] = None,
+                  first_video: Optional[Tuple[int, Tuple[int, int]]] = None) -> VideoSegmenter:
     """A VideoSegmenter on the default device for every video of a job; short_side resizes
-    frames for the network."""
-    return VideoSegmenter(weights, None, cfg, short_side=short_side)
+    frames for the network; first_video: (objects, frame size) of the job's first video."""
+    return VideoSegmenter(weights, None, cfg, short_side=short_side, first_video=first_video)
 
 
 def segment_stream(segmenter: VideoSegmenter, frames: Iterable[np.ndarray],
@@ -86,6 +87,7 @@ class SplitSpeed:
         self.inside_seconds = 0.0
         self.first_video_seconds: Optional[float] = None   # its setup (compilation, capture) included
         self.videos_done_at: Optional[float] = None        # when the last video's stream ended
+        self.start_seconds: List[float] = []               # per video: from its stream's start to its first mask
 
     def timed(self, stream: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Pass a video's (frame, ids) stream through, timing it."""
@@ -94,6 +96,7 @@ class SplitSpeed:
             for item in stream:
                 if first is None:
                     first = time.perf_counter()
+                    self.start_seconds.append(first - begun)
                 n_frames += 1
                 yield item
         finally:

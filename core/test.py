@@ -9,15 +9,16 @@ of the videos on its own GPU and rank 0 merges the scores.
 import logging
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional, Tuple
+
+import numpy as np
 
 from tqdm import tqdm
 
 from core.distributed import broadcast_object, gather_objects, setup_distributed
 from core.results import VideoResults
 from core.scoring import ScoreJob, merge_parts, score_files, video_parts
-from core.sequences import benchmark_videos, output_frames, resolve_split, stream_video
-from core.segmenter import VideoSegmenter
+from core.sequences import SplitStreams, benchmark_videos, first_video_layout, output_frames, resolve_split
 from core.streaming import SplitSpeed, experiment_dir, new_segmenter, prepare_output_dir
 from datasets.video import Video
 from utils.evaluate import format_table, scored_records, summarise, write_csvs
@@ -50,7 +51,7 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     if problem is not None:
         raise DataError(problem)
     out_dir = prepare_output_dir(out_dir)
-    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
+    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side, first_video_layout(videos, cfg))
     with_truth = sum(bool(video.ground_truth) for video in all_videos)
     if not with_truth:
         logger.info('%s %s has no public ground truth: writing the masks only', dataset, split)
@@ -60,10 +61,10 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     speed.start = time.perf_counter()
     workers = int(cfg.TEST.EVAL_WORKERS) if with_truth else 1
     parts_per_video = []
-    with ScoringPool(workers) as scorer:
-        bar = tqdm(videos, desc=f'{dataset} {split}', unit='video', disable=not shard.is_main)
-        for video in bar:
-            fps = _segment_and_write(segmenter, video, out_dir, bool(cfg.TEST.VISUALIZE), speed)
+    with ScoringPool(workers) as scorer, SplitStreams(segmenter, videos, bool(cfg.TEST.READ_AHEAD)) as streams:
+        bar = tqdm(streams, total=len(videos), desc=f'{dataset} {split}', unit='video', disable=not shard.is_main)
+        for video, stream in bar:
+            fps = _segment_and_write(video, stream, out_dir, bool(cfg.TEST.VISUALIZE), speed)
             bar.set_postfix(video=video.name, fps=f'{fps:.1f}')
             if video.ground_truth:
                 # each video in as many parts as workers: the last one is scored that much sooner
@@ -90,14 +91,15 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     return summarise(records)
 
 
-def _segment_and_write(segmenter: VideoSegmenter, video: Video, out_dir: str, visualize: bool,
-                       speed: SplitSpeed) -> float:
-    """Write the masks of the listed frames and of every ground-truth frame; return frames/s."""
+def _segment_and_write(video: Video, stream: Iterator[Tuple[np.ndarray, np.ndarray]], out_dir: str,
+                       visualize: bool, speed: SplitSpeed) -> float:
+    """Write the masks of the listed frames and of every ground-truth frame from the video's
+    (frame, ids) stream; return frames/s."""
     start = time.perf_counter()
     overlay_dir = os.path.join(out_dir, f'{video.name}_overlay') if visualize else None
     with VideoResults(os.path.join(out_dir, video.name), video.output_names,
                       set(output_frames(video)) | set(video.ground_truth), overlay_dir) as results:
-        for t, (frame, ids) in enumerate(speed.timed(stream_video(segmenter, video))):
+        for t, (frame, ids) in enumerate(speed.timed(stream)):
             results.write(t, frame, ids)
     return results.n_frames / max(time.perf_counter() - start, 1e-9)
 

@@ -28,7 +28,7 @@ from models.memory_bank import MemoryBank
 from models.object_manager import ObjectIndex, present_channels
 from models.packed_memory import PackedMemoryBank
 from models.query_encoding import QueryEncoding
-from utils.cuda_graph import GraphedStep
+from utils.cuda_graph import CaptureThread, GraphedStep
 
 # the logit of a probability clamped to 1e-7 and the range up to 1 - 1e-7 (published values)
 ABSENT_LOGIT = -16.1181
@@ -42,13 +42,15 @@ class FrameRecurrence:
     of each frame, or None when `step` is given the flows. counts: the number of objects of
     each video (the most it will ever have); channels 0..counts[b] of the masks are used,
     further channels stay at the absent logit. expected_frames: a hint for sizing the
-    preallocated memory of the fast path.
+    preallocated memory of the fast path. graph_pool, capture_thread: where the fast path's
+    captures allocate and run (utils.cuda_graph.GraphedStep).
     """
 
     def __init__(self, network: torch.nn.Module, counts: Sequence[int], memorize_every: int,
                  regional_read: bool = False, fast: bool = False,
                  expected_frames: Optional[int] = None, flow_net: Optional[torch.nn.Module] = None,
-                 max_memory_frames: int = 0, graph_pool: Optional[Tuple[int, int]] = None):
+                 max_memory_frames: int = 0, graph_pool: Optional[Tuple[int, int]] = None,
+                 capture_thread: Optional[CaptureThread] = None):
         if memorize_every < 1:
             raise ValueError(f'memorize_every must be >= 1, got {memorize_every}')
         self.network = network
@@ -59,6 +61,7 @@ class FrameRecurrence:
         self.fast = fast
         self.max_memory_frames = max_memory_frames
         self.graph_pool = graph_pool
+        self.capture_thread = capture_thread
         self.expect(expected_frames)
 
     def expect(self, expected_frames: Optional[int]) -> None:
@@ -89,7 +92,8 @@ class FrameRecurrence:
             self.flow_out: Optional[torch.Tensor] = None
             self.new_masks_in = torch.zeros_like(masks)
             self.new_flag = torch.zeros(1, dtype=torch.bool, device=frame.device)
-            self.graphed = GraphedStep(self._graph_step, enabled=frame.is_cuda, pool=self.graph_pool)
+            self.graphed = GraphedStep(self._graph_step, enabled=frame.is_cuda, pool=self.graph_pool,
+                                       thread=self.capture_thread)
         else:
             self.memory = self._new_memory()
             self.prev_frame, self.prev_probs = frame, masks

@@ -32,11 +32,11 @@ def published_clip():
     return frames, read_mask(f'{clip}/Annotations/480p/synth/00000.png')
 
 
-def segmenter(networks, device='cpu', **test_options):
+def segmenter(networks, device='cpu', first_video=None, **test_options):
     cfg = copy.deepcopy(default_cfg)
     cfg.TEST.update(test_options)
     tflownet, rmnet = (copy.deepcopy(n) for n in networks)
-    return VideoSegmenter(None, device, cfg=cfg, tflownet=tflownet, rmnet=rmnet)
+    return VideoSegmenter(None, device, cfg=cfg, tflownet=tflownet, rmnet=rmnet, first_video=first_video)
 
 
 def probabilities(seg, frames, first_mask):
@@ -326,3 +326,32 @@ def test_bf16_agrees_with_fp32_on_real_clips():
         j = np.mean([region_similarity(x == 1, y == 1) for x, y in zip(a, b)])
         f = np.mean([boundary_f(x == 1, y == 1) for x, y in zip(a, b)])
         assert (j + f) / 2 >= 0.99, (j, f)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_videos_warmed_up_ahead_give_what_fresh_segmenters_give_on_the_gpu(networks, published_clip, precision):
+    """The segmenter starts with the first video's shapes, and warm_up runs throwaway steps of
+    the next videos' shapes in the capture thread while this video replays its graphs (here a
+    second object count and a second size, with flip): no video's probabilities change,
+    against fresh segmenters."""
+    frames, first_mask = published_clip
+    one_object = (first_mask == 1).astype(np.uint8)
+    small = [np.ascontiguousarray(frame[::2, ::2]) for frame in frames]
+    small_mask = np.ascontiguousarray(first_mask[::2, ::2])
+    options = dict(PRECISION=precision, FLIP_LR=True)
+    seg = segmenter(networks, 'cuda', first_video=(2, first_mask.shape), **options)
+    assert seg.warmed == {(2, first_mask.shape)}
+    two = []
+    for t, probs in enumerate(seg.segment_probabilities(frames, first_mask)):
+        two.append(probs.float().cpu())
+        if t == 1:                     # the graphs are captured: the warm-ups overlap replays
+            seg.warm_up(1, one_object.shape)
+            seg.warm_up(2, small_mask.shape)
+    assert {(1, first_mask.shape), (2, small_mask.shape), (2, first_mask.shape)} <= seg.warmed
+    one = probabilities(seg, frames, one_object)
+    half = probabilities(seg, small, small_mask)
+    for probs, (video, mask) in ((torch.stack(two), (frames, first_mask)), (one, (frames, one_object)),
+                                 (half, (small, small_mask))):
+        fresh = probabilities(segmenter(networks, 'cuda', **options), video, mask)
+        assert (probs - fresh).abs().max() < 1e-5

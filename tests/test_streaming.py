@@ -37,6 +37,7 @@ def test_split_speed_counts_every_frame_and_keeps_the_first_video_apart(monkeypa
     # video 2 (one frame): nothing inside; video 3: first mask at 8, ends at 9 (inside: 1 s)
     assert speed.first_video_seconds == 2.0 and speed.inside_seconds == 2.0
     assert speed.after_last_video() == 1.0 and speed.elapsed() == 11.0
+    assert speed.start_seconds == [1.0, 1.0, 1.0]          # each video: from its start to its first mask
 
 
 def test_runs_without_a_name_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 import runner
 from clips import SIZE, davis_root, one_object_clip, read_ids, restore_cfg, two_object_clip  # noqa: F401
@@ -130,3 +131,19 @@ def test_short_sequences_are_left_out_of_the_scores(tmp_path, clips, synth_check
     assert [row[0] for row in read_csv(out / 'per-sequence_results-train.csv')] == ['Sequence', 'bear_1']
     assert all(read_csv(out / 'global_results-train.csv')[1])       # no empty (NaN) field
     assert sorted(os.listdir(out / 'pair')) == ['00000.png', '00001.png']
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_reading_ahead_writes_the_same_masks_on_the_gpu(tmp_path, clips, checkpoint, precision):
+    """Videos of two object counts and two sizes, each opened and warmed up while the one
+    before runs (TEST.READ_AHEAD), give the masks of a run that opens each at its turn."""
+    videos = dict(clips, boat=one_object_clip('boat', 3, size=(128, 72)), hike2=two_object_clip(4))
+    root = davis_root(str(tmp_path / 'DAVIS'), videos)
+    for ahead in (True, False):
+        assert run_test(root, tmp_path / f'ahead-{ahead}', 'DAVIS', checkpoint, '--set', 'TEST.PRECISION',
+                        precision, 'TEST.READ_AHEAD', str(ahead)) == 0
+    for video, (frames, _) in videos.items():
+        for t in range(len(frames)):
+            assert np.array_equal(read_ids(tmp_path / 'ahead-True' / video / f'{t:05d}.png'),
+                                  read_ids(tmp_path / 'ahead-False' / video / f'{t:05d}.png')), (video, t)

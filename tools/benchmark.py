@@ -11,8 +11,9 @@ their boxes are far larger than a trained network's (often the whole frame).
 --scales and --flip measure test-time augmentation (e.g. --scales 0.75 1.0 1.25 --flip).
 --split-videos N times `--test` end to end instead, on a synthetic DAVIS split of N videos
 (--split-frames, --split-size, object counts --split-objects in turn, --kept-captures,
---eval-workers): frames/s inside the videos and over the split, the first video's time, the
-time after the last video (scoring) and model loading.
+--eval-workers, --no-read-ahead): frames/s inside the videos and over the split, the first
+video's time, the other videos' starts (to their first mask), the time after the last video
+(scoring) and model loading.
 """
 import argparse
 import copy
@@ -162,7 +163,10 @@ def run_split(weights: str, root: str, out: str, cfg) -> Dict[str, float]:
     started = time.perf_counter()
     test_net(cfg, weights, dataset='DAVIS', split='val', out_dir=out, speed=speed)
     elapsed, after = speed.elapsed(), speed.after_last_video()
+    later_starts = sorted(speed.start_seconds[1:]) or [0.0]
     return {'fps_inside_videos': speed.inside_frames / max(speed.inside_seconds, 1e-9),
+            'later_video_starts_s': {'median': later_starts[len(later_starts) // 2], 'max': later_starts[-1],
+                                     'total': sum(later_starts)},
             'fps_over_split': speed.frames / max(elapsed, 1e-9), 'split_frames_total': speed.frames,
             'first_video_s': speed.first_video_seconds, 'split_s': elapsed,
             'after_last_video_s': after, 'model_loading_s': speed.start - started}
@@ -181,17 +185,20 @@ def benchmark_split(args, tflownet, rmnet, results) -> None:
         for path in args.paths:
             cfg = path_cfg(path, args.scales, args.flip, args.max_memory_frames, args.kept_captures)
             cfg.TEST.EVAL_WORKERS = args.eval_workers
+            cfg.TEST.READ_AHEAD = not args.no_read_ahead
             measured = run_split(weights, os.path.join(folder, 'DAVIS'), os.path.join(folder, f'out-{path}'), cfg)
             results['runs'].append({'split_videos': args.split_videos, 'frames': args.split_frames,
                                     'objects': list(args.split_objects), 'kept_captures': args.kept_captures,
-                                    'eval_workers': args.eval_workers,
+                                    'eval_workers': args.eval_workers, 'read_ahead': not args.no_read_ahead,
                                     'size': [height, width], 'path': path, **measured})
-            first = measured['first_video_s']
+            first, starts = measured['first_video_s'], measured['later_video_starts_s']
             print(f'{path:>12}: {measured["fps_inside_videos"]:.1f} fps inside the videos, '
                   f'{measured["fps_over_split"]:.1f} fps over the split ({measured["split_s"]:.1f} s'
                   + ('' if first is None else f', the first video {first:.1f} s of it')
                   + f', {measured["after_last_video_s"]:.1f} s after the last video; model loading '
-                  f'{measured["model_loading_s"]:.1f} s before it)', flush=True)
+                  f'{measured["model_loading_s"]:.1f} s before it); the other videos\' starts: median '
+                  f'{1e3 * starts["median"]:.1f} ms, longest {1e3 * starts["max"]:.1f} ms, '
+                  f'{starts["total"]:.2f} s in all', flush=True)
 
 
 def main(argv: List[str] = None) -> None:
@@ -221,6 +228,8 @@ def main(argv: List[str] = None) -> None:
                         help='TEST.EVAL_WORKERS of the split mode (processes scoring videos)')
     parser.add_argument('--kept-captures', type=int, default=default_cfg.TEST.KEPT_CAPTURES,
                         help='TEST.KEPT_CAPTURES of the split mode (1: a capture per change of objects or size)')
+    parser.add_argument('--no-read-ahead', action='store_true',
+                        help='TEST.READ_AHEAD False in the split mode: open each video only at its turn')
     parser.add_argument('--out', default='benchmark.json')
     args = parser.parse_args(argv)
     import torch

@@ -1,4 +1,6 @@
-"""Replaying a fixed-shape GPU step as a CUDA graph."""
+"""Replaying a fixed-shape GPU step as a CUDA graph, and the thread that prepares the steps."""
+import concurrent.futures
+import threading
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -15,13 +17,15 @@ class GraphedStep:
 
     pool: a memory pool shared with other captures (SharedGraphPool.handle). Only safe when
     every tensor a replay leaves for later (its outputs, the state it updates) lives outside
-    the pool, so that one capture's temporaries may overlap another's."""
+    the pool, so that one capture's temporaries may overlap another's. thread: a
+    CaptureThread that runs the eager call and the capture (replays run in the caller's)."""
 
     def __init__(self, step: Callable[[], Any], enabled: bool = True,
-                 pool: Optional[Tuple[int, int]] = None):
+                 pool: Optional[Tuple[int, int]] = None, thread: Optional['CaptureThread'] = None):
         self.step = step
         self.enabled = enabled
         self.pool = pool
+        self.thread = thread
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.outputs: Any = None
 
@@ -34,6 +38,11 @@ class GraphedStep:
         if self.graph is not None:
             self.graph.replay()
             return self.outputs
+        if self.thread is not None:
+            return self.thread.run(self._run_and_capture)
+        return self._run_and_capture()
+
+    def _run_and_capture(self) -> Any:
         outputs = self.step()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=CAPTURE_MODE):
@@ -54,3 +63,65 @@ class SharedGraphPool:
         with torch.cuda.device(device), torch.cuda.graph(self._keeper, pool=self.handle,
                                                           capture_error_mode=CAPTURE_MODE):
             self._counter.add_(1)
+
+
+class CaptureThread:
+    """One thread that runs the eager first steps and the captures of the inference steps.
+
+    cuDNN keeps its execution plans per thread: a step whose plans a thread has built runs at
+    once there, and a replay needs no plans at all. Steps prepared in this thread can
+    therefore be warmed up for a video to come (its object count and size) while the caller
+    replays the graphs of the current one. `run` hands the caller's state over (device,
+    stream, grad mode, autocast), waits and returns the result or raises the error; a call
+    from inside the thread runs inline. Its jobs run one at a time, in order."""
+
+    def __init__(self) -> None:
+        self._ident: Optional[int] = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix='rmnet-capture', initializer=self._remember_thread)
+
+    def _remember_thread(self) -> None:
+        self._ident = threading.get_ident()
+
+    def submit(self, job: Callable[[], Any]) -> 'concurrent.futures.Future[Any]':
+        """Run `job` in the thread under the caller's state; its Future."""
+        return self._executor.submit(_CallerState().applied, job)
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        if threading.get_ident() == self._ident:
+            return job()
+        return self.submit(job).result()
+
+
+class _CallerState:
+    """What a CUDA job inherits from the thread that hands it over (all of it thread-local)."""
+
+    def __init__(self) -> None:
+        self.grad = torch.is_grad_enabled()
+        self.device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+        self.stream = torch.cuda.current_stream() if self.device is not None else None
+        self.autocast = torch.is_autocast_enabled('cuda')
+        self.autocast_dtype = torch.get_autocast_dtype('cuda')
+        self.autocast_cache = torch.is_autocast_cache_enabled()
+
+    def applied(self, job: Callable[[], Any]) -> Any:
+        with torch.set_grad_enabled(self.grad):
+            if self.device is None:
+                return job()
+            with torch.cuda.device(self.device), torch.cuda.stream(self.stream), \
+                    torch.autocast('cuda', dtype=self.autocast_dtype, enabled=self.autocast,
+                                   cache_enabled=self.autocast_cache):
+                return job()
+
+
+_shared_thread: Optional[CaptureThread] = None
+_shared_lock = threading.Lock()
+
+
+def shared_capture_thread() -> CaptureThread:
+    """The process's CaptureThread, shared by every segmenter: its plans serve them all."""
+    global _shared_thread
+    with _shared_lock:
+        if _shared_thread is None:
+            _shared_thread = CaptureThread()
+        return _shared_thread
