@@ -31,7 +31,8 @@ from tqdm import tqdm
 import config
 from core.segmenter import VideoSegmenter as CoreSegmenter
 from core.segmenter import network_size
-from core.sequences import SplitStreams, benchmark_videos, first_video_layout, output_frames, resolve_split
+from core.sequences import (SplitStreams, benchmark_videos, first_video_objects, layout, output_frames,
+                            resolve_split)
 from core.results import VideoResults, write_zip
 from core.streaming import SplitSpeed, experiment_dir, new_segmenter, prepare_output_dir, segment_stream
 from datasets.video import Video
@@ -72,12 +73,13 @@ def inference_net(cfg, weights: str, dataset: Optional[str] = None, split: Optio
     out_dir = check_output_folder(cfg, out_dir or experiment_dir(cfg))
     check_empty_output(out_dir)
     out_dir = prepare_output_dir(out_dir)
-    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side, first_video_layout(videos, cfg))
+    first_objects = first_video_objects(videos, cfg)   # the segmenter starts with the first video's shapes
+    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side, layout(first_objects))
     results_dir = 'Annotations' if dataset.startswith('YOUTUBE_VOS') else ''
     logger.info('Segmenting %d videos of %s %s into %s', len(videos), dataset, split, out_dir)
     members: List[str] = []
     speed = SplitSpeed()
-    with SplitStreams(segmenter, videos, bool(cfg.TEST.READ_AHEAD)) as streams:
+    with SplitStreams(segmenter, videos, bool(cfg.TEST.READ_AHEAD), first_objects) as streams:
         bar = tqdm(streams, total=len(videos), desc=f'{dataset} {split}', unit='video')
         for video, stream in bar:
             start = time.perf_counter()
@@ -134,7 +136,7 @@ def _segment_user_video(cfg, video: str, masks: Sequence[MaskSpec], weights: str
         short_side = int(cfg.TEST.VIDEO_SHORT_SIDE)
     net_height, net_width = network_size(*source.size, short_side)
     prepare_output_dir(out_dir)
-    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side)
+    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side, (len(objects), source.size))
     logger.info('%s: %s frames of %dx%d, %d object(s) (ids %s)', source.path, len(source),
                 source.size[1], source.size[0], given.n_objects, ', '.join(map(str, given.labels)))
     if overwrite and earlier_user_video_outputs(out_dir):

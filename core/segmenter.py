@@ -52,9 +52,14 @@ WARM_UP_SIZE = (48, 80)
 
 
 def pick_device(device: Union[str, torch.device, None]) -> torch.device:
+    """The device asked for (None: the GPU if there is one); a GPU with its index, the current
+    device's when none is given, so that work handed to other threads lands on it too."""
     if device is None:
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(device)
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = torch.device(device)
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', torch.cuda.current_device())
+    return device
 
 
 def frame_statistics(cfg, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -230,7 +235,7 @@ class VideoSegmenter:
             return FrameRecurrence(self.rmnet, [n_objects], memorize_every=1, regional_read=True,
                                    flow_net=flow_net)
 
-        with self._precision_context():
+        with torch.cuda.device(self.device), self._precision_context():   # called from any thread
             for scale in self.scales:
                 branch = ScaleBranch(scale, recurrence(self.tflownet), recurrence(None) if self.flip else None,
                                      tuple(net_size))

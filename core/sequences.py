@@ -78,22 +78,27 @@ def video_objects(video: Video, cfg) -> ObjectManager:
 OpenedVideo = Tuple[ObjectManager, PrefetchReader]
 
 
-def first_video_layout(videos: Sequence[Video], cfg) -> Optional[Tuple[int, Tuple[int, int]]]:
-    """(objects, frame size) of the first video, for the segmenter to start with its shapes;
-    None when there is none or its masks cannot be read (the error comes at its turn)."""
+def first_video_objects(videos: Sequence[Video], cfg) -> Optional[ObjectManager]:
+    """The objects of the first video, read before the segmenter starts (with its shapes,
+    `layout`); None when there is none or its masks cannot be read (the error comes at its turn)."""
     if not videos:
         return None
     try:
-        objects = video_objects(videos[0], cfg)
+        return video_objects(videos[0], cfg)
     except (DataError, SegmentationError):
         return None
-    return len(objects), objects.first_mask.shape
 
 
-def open_video(segmenter: VideoSegmenter, video: Video, warm_up: bool = False) -> OpenedVideo:
-    """A video's objects and its frames, read ahead in a thread; with `warm_up`, the segmenter
-    also prepares for its object count and size in the background."""
-    objects = video_objects(video, segmenter.cfg)
+def layout(objects: Optional[ObjectManager]) -> Optional[Tuple[int, Tuple[int, int]]]:
+    """(object count, frame size) of a video's objects: what VideoSegmenter(first_video=) takes."""
+    return None if objects is None else (len(objects), objects.first_mask.shape)
+
+
+def open_video(segmenter: VideoSegmenter, video: Video, warm_up: bool = False,
+               objects: Optional[ObjectManager] = None) -> OpenedVideo:
+    """A video's objects (read unless given) and its frames, read ahead in a thread; with
+    `warm_up`, the segmenter also prepares for its object count and size in the background."""
+    objects = video_objects(video, segmenter.cfg) if objects is None else objects
     if warm_up:
         segmenter.warm_up(len(objects), objects.first_mask.shape)
     return objects, PrefetchReader(FrameFiles(video.frame_paths))
@@ -123,33 +128,41 @@ class SplitStreams:
     mask is there the next video is opened in a thread: its masks are read, its first frames
     prefetched and the segmenter warmed up for its objects and size (VideoSegmenter.warm_up),
     while this video runs. An error of the next video is raised when its turn comes, after
-    this one's masks were all given. Use as a context manager: leaving it closes what was
-    opened ahead."""
+    this one's masks were all given. first_objects: the first video's objects, when they were
+    read already (first_video_objects). One video at a time: asking for the next pair closes
+    the frames of the one before. Use as a context manager: leaving it closes what was opened."""
 
-    def __init__(self, segmenter: VideoSegmenter, videos: Sequence[Video], read_ahead: bool = True):
+    def __init__(self, segmenter: VideoSegmenter, videos: Sequence[Video], read_ahead: bool = True,
+                 first_objects: Optional[ObjectManager] = None):
         self.segmenter = segmenter
         self.videos = list(videos)
         self.read_ahead = read_ahead
         self.opened: Dict[int, 'concurrent.futures.Future[OpenedVideo]'] = {}
         self.opener = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='video-open')
+        if first_objects is not None and self.videos:
+            self.opened[0] = self.opener.submit(open_video, segmenter, self.videos[0], False, first_objects)
 
     def __iter__(self) -> Iterator[Tuple[Video, Iterator[Tuple[np.ndarray, np.ndarray]]]]:
         for i, video in enumerate(self.videos):
-            yield video, stream_video(self.segmenter, video, self.opened.pop(i, None),
-                                      on_first=lambda i=i: self._open(i + 1))
+            opened = self.opened.get(i)
+            yield video, stream_video(self.segmenter, video, opened, on_first=lambda i=i: self._open(i + 1))
+            self._close(i)                  # a stream never started (a skipped video) has its frames open
 
     def _open(self, i: int) -> None:
         if self.read_ahead and i < len(self.videos) and i not in self.opened:
             self.opened[i] = self.opener.submit(open_video, self.segmenter, self.videos[i], True)
 
+    def _close(self, i: int) -> None:
+        future = self.opened.pop(i, None)
+        if future is not None and future.exception() is None:
+            future.result()[1].close()
+
     def __enter__(self) -> 'SplitStreams':
         return self
 
     def __exit__(self, *exc_info) -> None:
-        for future in self.opened.values():
-            if future.exception() is None:
-                future.result()[1].close()
-        self.opened.clear()
+        for i in list(self.opened):
+            self._close(i)
         self.opener.shutdown(wait=True)
 
 

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from core.distributed import broadcast_object, gather_objects, setup_distributed
 from core.results import VideoResults
 from core.scoring import ScoreJob, merge_parts, score_files, video_parts
-from core.sequences import SplitStreams, benchmark_videos, first_video_layout, output_frames, resolve_split
+from core.sequences import (SplitStreams, benchmark_videos, first_video_objects, layout, output_frames,
+                            resolve_split)
 from core.streaming import SplitSpeed, experiment_dir, new_segmenter, prepare_output_dir
 from datasets.video import Video
 from utils.evaluate import format_table, scored_records, summarise, write_csvs
@@ -51,7 +52,8 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     if problem is not None:
         raise DataError(problem)
     out_dir = prepare_output_dir(out_dir)
-    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side, first_video_layout(videos, cfg))
+    first_objects = first_video_objects(videos, cfg)   # the segmenter starts with the first video's shapes
+    segmenter = new_segmenter(resolve_weights(weights), cfg, short_side, layout(first_objects))
     with_truth = sum(bool(video.ground_truth) for video in all_videos)
     if not with_truth:
         logger.info('%s %s has no public ground truth: writing the masks only', dataset, split)
@@ -61,7 +63,8 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     speed.start = time.perf_counter()
     workers = int(cfg.TEST.EVAL_WORKERS) if with_truth else 1
     parts_per_video = []
-    with ScoringPool(workers) as scorer, SplitStreams(segmenter, videos, bool(cfg.TEST.READ_AHEAD)) as streams:
+    with ScoringPool(workers) as scorer, \
+            SplitStreams(segmenter, videos, bool(cfg.TEST.READ_AHEAD), first_objects) as streams:
         bar = tqdm(streams, total=len(videos), desc=f'{dataset} {split}', unit='video', disable=not shard.is_main)
         for video, stream in bar:
             fps = _segment_and_write(video, stream, out_dir, bool(cfg.TEST.VISUALIZE), speed)

@@ -1,5 +1,7 @@
 """CUDA graph replays and the thread that runs the eager first steps and the captures."""
+import signal
 import threading
+import time
 
 import pytest
 import torch
@@ -7,18 +9,22 @@ import torch
 from utils.cuda_graph import CaptureThread, GraphedStep, shared_capture_thread
 
 
-def test_a_job_runs_in_the_thread_under_the_callers_grad_mode_and_gives_its_result():
+def test_a_job_runs_in_the_thread_under_the_callers_grad_and_inference_modes():
     thread = CaptureThread()
     caller = threading.get_ident()
 
     def job():
-        return threading.get_ident(), torch.is_grad_enabled()
+        return threading.get_ident(), torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
-    ident, grad = thread.run(job)
-    assert ident != caller and grad
+    ident, grad, inference = thread.run(job)
+    assert ident != caller and grad and not inference
     with torch.no_grad():
-        assert thread.run(job) == (ident, False)          # one thread for every job
-    assert thread.run(lambda: thread.run(job)) == (ident, True)   # inline from inside, no deadlock
+        assert thread.run(job) == (ident, False, False)          # one thread for every job
+    with torch.inference_mode():
+        assert thread.run(job) == (ident, False, True)
+        state = torch.zeros(3)                  # an inference tensor, changed in place by a job
+        thread.run(lambda: state.add_(1))
+    assert state.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_an_error_of_a_job_is_raised_in_the_caller_and_the_thread_goes_on():
@@ -41,6 +47,31 @@ def test_jobs_run_one_at_a_time_in_order():
     release.set()
     first.result(), second.result()
     assert order == [1, 2]
+
+
+class Interrupted(BaseException):
+    """What a Ctrl-C would raise in the waiting caller."""
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason='needs signals')
+def test_an_interrupted_caller_goes_on_only_once_its_job_has_ended():
+    """The job changes the caller's buffers (a capture, an eager step): the caller must not
+    leave, and perhaps start the next video on them, while it runs."""
+    thread = CaptureThread()
+    ended = threading.Event()
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Interrupted):
+            thread.run(lambda: (time.sleep(0.5), ended.set()))
+        assert ended.is_set()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_the_process_shares_one_capture_thread():

@@ -341,7 +341,7 @@ def test_videos_warmed_up_ahead_give_what_fresh_segmenters_give_on_the_gpu(netwo
     small_mask = np.ascontiguousarray(first_mask[::2, ::2])
     options = dict(PRECISION=precision, FLIP_LR=True)
     seg = segmenter(networks, 'cuda', first_video=(2, first_mask.shape), **options)
-    assert seg.warmed == {(2, first_mask.shape)}
+    assert seg.warmed == {(2, first_mask.shape)} and seg.device == torch.device('cuda', torch.cuda.current_device())
     two = []
     for t, probs in enumerate(seg.segment_probabilities(frames, first_mask)):
         two.append(probs.float().cpu())

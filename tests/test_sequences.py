@@ -1,5 +1,6 @@
 """Benchmark videos streamed through a segmenter, the next one opened while one runs."""
 import copy
+import os
 import threading
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from clips import davis_root, one_object_clip, restore_cfg, two_object_clip  # noqa: F401
 from config import cfg as default_cfg
-from core.sequences import SplitStreams, first_video_layout, stream_video
+from core.sequences import SplitStreams, first_video_objects, layout, stream_video
 from datasets.registry import list_videos
 from utils.io import DataError
 
@@ -42,12 +43,14 @@ def split(tmp_path, clips):
     return cfg, list_videos(cfg, 'DAVIS', 'train')
 
 
-def prefetch_threads():
-    return [thread for thread in threading.enumerate() if thread.name == 'frame-prefetch']
+def prefetch_threads(before=()):
+    """The frame-prefetch threads alive now that were not in `before` (other tests' may linger)."""
+    return [thread for thread in threading.enumerate() if thread.name == 'frame-prefetch' and thread not in before]
 
 
 def test_the_next_video_is_opened_and_warmed_up_once_a_video_gives_its_first_mask(tmp_path, clips):
     cfg, videos = split(tmp_path, clips)
+    before = prefetch_threads()
     segmenter = RecordingSegmenter(cfg)
     alone = [[ids for _, ids in stream_video(segmenter, video)] for video in videos]
     segmenter.events.clear()
@@ -59,10 +62,10 @@ def test_the_next_video_is_opened_and_warmed_up_once_a_video_gives_its_first_mas
             assert [frame.shape for frame, _ in pairs] == [(90, 160, 3)] * len(video)
     assert all(np.array_equal(a, b) for video_a, video_b in zip(alone, streamed) for a, b in zip(video_a, video_b))
     assert [len(v) for v in streamed] == [3, 3, 2]
-    # hike: 2 objects, bear and camel: 1; the first video is not warmed up (nothing runs before it)
+    # hike: 2 objects, bear and boat: 1; the first video is not warmed up (nothing runs before it)
     assert segmenter.events == [('segment', 2), ('warm_up', 1, (90, 160)), ('segment', 1),
                                 ('warm_up', 1, (90, 160)), ('segment', 1)]
-    assert not prefetch_threads()
+    assert not prefetch_threads(before)
 
 
 def test_without_read_ahead_each_video_is_opened_at_its_turn(tmp_path, clips):
@@ -89,6 +92,7 @@ def test_an_error_of_the_next_video_comes_at_its_turn_after_every_mask_of_this_o
 
 def test_leaving_early_closes_the_video_opened_ahead(tmp_path, clips):
     cfg, videos = split(tmp_path, clips)
+    before = prefetch_threads()
     segmenter = RecordingSegmenter(cfg)
     with SplitStreams(segmenter, videos) as streams:
         for video, stream in streams:
@@ -96,14 +100,43 @@ def test_leaving_early_closes_the_video_opened_ahead(tmp_path, clips):
             stream.close()
             break
     assert ('warm_up', 1, (90, 160)) in segmenter.events
-    assert not prefetch_threads()
+    assert not prefetch_threads(before)
 
 
-def test_the_first_videos_layout_is_its_object_count_and_frame_size(tmp_path, clips):
+def test_the_first_videos_objects_are_read_once_and_give_its_layout(tmp_path, clips, monkeypatch):
     cfg, videos = split(tmp_path, clips)
-    assert first_video_layout(videos, cfg) == (2, (90, 160))
-    assert first_video_layout(videos[1:], cfg) == (1, (90, 160))
-    assert first_video_layout([], cfg) is None
+    first = first_video_objects(videos, cfg)
+    assert layout(first) == (2, (90, 160))
+    assert layout(first_video_objects(videos[1:], cfg)) == (1, (90, 160))
+    assert first_video_objects([], cfg) is None and layout(None) is None
+    import core.sequences as sequences
+    read = []
+    original = sequences.read_mask
+    monkeypatch.setattr(sequences, 'read_mask', lambda path: read.append(os.path.basename(os.path.dirname(path)))
+                        or original(path))
+    segmenter = RecordingSegmenter(cfg)
+    with SplitStreams(segmenter, videos, first_objects=first) as streams:
+        assert [len(list(stream)) for _, stream in streams] == [3, 3, 2]
+    assert read == ['bear', 'boat']           # hike's masks were read by first_video_objects only
     frames, masks = clips['bear']
     cfg, videos = split(tmp_path / 'void', {'bear': (frames, [np.zeros_like(masks[0])] + masks[1:])})
-    assert first_video_layout(videos, cfg) is None          # its error comes at its turn
+    assert first_video_objects(videos, cfg) is None          # its error comes at its turn
+
+
+def test_a_video_skipped_without_reading_its_stream_has_its_frames_closed(tmp_path, clips):
+    # bear longer than the reader's 4 frames ahead: its thread waits until the reader is closed
+    cfg, videos = split(tmp_path, dict(clips, bear=one_object_clip('bear', 7)))
+    before = prefetch_threads()
+    segmenter = RecordingSegmenter(cfg)
+    with SplitStreams(segmenter, videos) as streams:
+        iterator = iter(streams)
+        _, stream = next(iterator)
+        next(stream)                          # bear is opened ahead, its frames prefetched
+        assert len(list(stream)) == 2
+        next(iterator)                        # bear: skipped, its stream never started
+        streams.opened[1].result()            # its opening (in a thread) has ended
+        assert prefetch_threads(before)
+        video, stream = next(iterator)
+        assert not prefetch_threads(before)   # bear's reader is closed, boat is opened at its turn
+        assert video.name == 'boat' and len(list(stream)) == 2
+    assert segmenter.events == [('segment', 2), ('warm_up', 1, (90, 160)), ('segment', 1)]

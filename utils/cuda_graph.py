@@ -72,25 +72,24 @@ class CaptureThread:
     once there, and a replay needs no plans at all. Steps prepared in this thread can
     therefore be warmed up for a video to come (its object count and size) while the caller
     replays the graphs of the current one. `run` hands the caller's state over (device,
-    stream, grad mode, autocast), waits and returns the result or raises the error; a call
-    from inside the thread runs inline. Its jobs run one at a time, in order."""
+    stream, grad and inference modes, autocast), waits and returns the result or raises the
+    error. Its jobs run one at a time, in order; a job must not wait for a later one."""
 
     def __init__(self) -> None:
-        self._ident: Optional[int] = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix='rmnet-capture', initializer=self._remember_thread)
-
-    def _remember_thread(self) -> None:
-        self._ident = threading.get_ident()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='rmnet-capture')
 
     def submit(self, job: Callable[[], Any]) -> 'concurrent.futures.Future[Any]':
         """Run `job` in the thread under the caller's state; its Future."""
         return self._executor.submit(_CallerState().applied, job)
 
     def run(self, job: Callable[[], Any]) -> Any:
-        if threading.get_ident() == self._ident:
-            return job()
-        return self.submit(job).result()
+        future = self.submit(job)
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():     # interrupted (Ctrl-C): the job still changes the caller's
+                concurrent.futures.wait([future])   # buffers, so it ends before the caller goes on
+            raise
 
 
 class _CallerState:
@@ -98,6 +97,7 @@ class _CallerState:
 
     def __init__(self) -> None:
         self.grad = torch.is_grad_enabled()
+        self.inference = torch.is_inference_mode_enabled()
         self.device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
         self.stream = torch.cuda.current_stream() if self.device is not None else None
         self.autocast = torch.is_autocast_enabled('cuda')
@@ -105,7 +105,7 @@ class _CallerState:
         self.autocast_cache = torch.is_autocast_cache_enabled()
 
     def applied(self, job: Callable[[], Any]) -> Any:
-        with torch.set_grad_enabled(self.grad):
+        with torch.inference_mode(self.inference), torch.set_grad_enabled(self.grad):
             if self.device is None:
                 return job()
             with torch.cuda.device(self.device), torch.cuda.stream(self.stream), \
