@@ -76,6 +76,10 @@ def network_size(height: int, width: int, short_side: Optional[int]) -> Tuple[in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def _shapes_key(n_objects: int, net_size: Tuple[int, int]) -> Tuple[int, Tuple[int, int]]:
+    return int(n_objects), (int(net_size[0]), int(net_size[1]))
+
+
 class _FrameInput:
     """Frames to the device (on a GPU through alternating pinned buffers, kept from one video
     to the next of the same frame size), normalised at the network size."""
@@ -184,7 +188,7 @@ class VideoSegmenter:
             if first_video is not None and first_video[0] > 0:   # with the first video's own shapes
                 n_objects, net_size = self._layout(*first_video)
                 self.warmed.add((n_objects, net_size))
-            self.capture_thread.run(lambda: self._warm_up(n_objects, net_size))
+            self.capture_thread.run(lambda: self._warm_up(n_objects, net_size), self.device)
         # the branches of earlier (object count, size) pairs, kept with their graphs on the fast path
         self.prepared = PreparedBranches(int(test.KEPT_CAPTURES) if self.fast else 1)
         self.graph_pool = SharedGraphPool(self.device) if self.fast else None
@@ -203,11 +207,11 @@ class VideoSegmenter:
             if key in self.warmed:
                 return
             self.warmed.add(key)
-        self.capture_thread.submit(lambda: self._warm_up_logged(*key))
+        self.capture_thread.submit(lambda: self._warm_up_logged(*key), self.device)   # from any thread
 
     def _layout(self, n_objects: int, frame_size: Tuple[int, int]) -> Tuple[int, Tuple[int, int]]:
-        """(objects, network size) of a video: what its steps' shapes depend on."""
-        return int(n_objects), tuple(int(side) for side in network_size(*frame_size, self.short_side))
+        """(objects, network size) of a video of (H, W) frames: what its steps' shapes depend on."""
+        return _shapes_key(n_objects, network_size(*frame_size, self.short_side))
 
     def _warm_up_logged(self, n_objects: int, net_size: Tuple[int, int]) -> None:
         try:
@@ -235,7 +239,7 @@ class VideoSegmenter:
             return FrameRecurrence(self.rmnet, [n_objects], memorize_every=1, regional_read=True,
                                    flow_net=flow_net)
 
-        with torch.cuda.device(self.device), self._precision_context():   # called from any thread
+        with self._precision_context():
             for scale in self.scales:
                 branch = ScaleBranch(scale, recurrence(self.tflownet), recurrence(None) if self.flip else None,
                                      tuple(net_size))
@@ -345,7 +349,7 @@ class VideoSegmenter:
                                 net_size) for scale in self.scales]
 
         with self.warmed_lock:            # its first step builds the plans in the capture thread
-            self.warmed.add((n_objects, tuple(int(side) for side in net_size)))
+            self.warmed.add(_shapes_key(n_objects, net_size))
         branches = self.prepared.get((n_objects, n_channels, tuple(net_size)), build)
         for branch in branches:
             branch.expect(expected_frames)

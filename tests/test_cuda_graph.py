@@ -113,3 +113,5 @@ def test_a_step_captured_in_the_thread_replays_in_the_caller_on_the_gpu():
     assert seen[0][1] == stream           # the eager call; the capture runs on its own stream
     assert graphed.graph is not None and not torch.equal(first, replayed)
     assert torch.equal(replayed, expected)
+    last = torch.device('cuda', torch.cuda.device_count() - 1)     # a job named a GPU works there
+    assert thread.run(torch.cuda.current_device, last) == last.index

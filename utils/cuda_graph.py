@@ -73,17 +73,20 @@ class CaptureThread:
     therefore be warmed up for a video to come (its object count and size) while the caller
     replays the graphs of the current one. `run` hands the caller's state over (device,
     stream, grad and inference modes, autocast), waits and returns the result or raises the
-    error. Its jobs run one at a time, in order; a job must not wait for a later one."""
+    error; `device` names the GPU the job works on when it is not the caller's current one (a
+    caller in another thread). Its jobs run one at a time, in order; a job must not wait for a
+    later one."""
 
     def __init__(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='rmnet-capture')
 
-    def submit(self, job: Callable[[], Any]) -> 'concurrent.futures.Future[Any]':
+    def submit(self, job: Callable[[], Any],
+               device: Optional[torch.device] = None) -> 'concurrent.futures.Future[Any]':
         """Run `job` in the thread under the caller's state; its Future."""
-        return self._executor.submit(_CallerState().applied, job)
+        return self._executor.submit(_CallerState(device).applied, job)
 
-    def run(self, job: Callable[[], Any]) -> Any:
-        future = self.submit(job)
+    def run(self, job: Callable[[], Any], device: Optional[torch.device] = None) -> Any:
+        future = self.submit(job, device)
         try:
             return future.result()
         except BaseException:
@@ -93,13 +96,17 @@ class CaptureThread:
 
 
 class _CallerState:
-    """What a CUDA job inherits from the thread that hands it over (all of it thread-local)."""
+    """What a CUDA job inherits from the thread that hands it over (all of it thread-local):
+    the caller's current GPU and stream, or `device` and the caller's stream there."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: Optional[torch.device] = None) -> None:
         self.grad = torch.is_grad_enabled()
         self.inference = torch.is_inference_mode_enabled()
-        self.device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
-        self.stream = torch.cuda.current_stream() if self.device is not None else None
+        if device is not None and torch.device(device).type == 'cuda':
+            self.device = torch.device(device).index
+        else:
+            self.device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+        self.stream = torch.cuda.current_stream(self.device) if self.device is not None else None
         self.autocast = torch.is_autocast_enabled('cuda')
         self.autocast_dtype = torch.get_autocast_dtype('cuda')
         self.autocast_cache = torch.is_autocast_cache_enabled()
