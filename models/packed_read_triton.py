@@ -12,7 +12,10 @@ and writes its running max m, denominator l and unnormalised read acc. Split 0 s
 the out-of-region positions as one virtual block of score 0: m = 0, l = their count. The
 program reads each key and value of its slots once for all the queries of its tile (the
 tiles of one slot range run side by side and share them through L2); programs of query tiles
-past `query_count` do nothing, so only in-region query tiles cost time.
+past `query_count` do nothing, so only in-region query tiles cost time. In 16-bit memories
+every slot starts on a 16-element boundary (checked on the host: `aligned_slots`), so keys and
+values load as 16-byte vectors through pipelined cp.async copies; a slot's whole memory tiles
+run without the position mask and its last, partial tile apart.
 `_combine_kernel` merges the splits, sum_k 2^(m_k - M) acc_k / sum_k 2^(m_k - M) l_k, and
 writes each packed query's read to its frame position. Nothing waits for the GPU and every
 grid depends only on shapes, so both launches can be captured in a CUDA graph.
@@ -32,19 +35,20 @@ _SCRATCH_ROWS = 32768        # n_splits * objects * positions of the fp32 partia
 _MAX_SPLITS = 16           # one object alone still fills an H100/H200 with programs
 
 # Tile sizes (BLOCK_Q query positions, BLOCK_M memory positions, BLOCK_V value channels, warps,
-# pipeline stages). bf16: both dots are those of a FlashAttention forward pass with 128-wide
-# heads (q 128 x 128, k 128 x 64, acc 128 x 128 fp32 over 8 warps). fp32 splits every operand
-# into two tf32 halves (three products per dot), so its memory tiles are half as long. These
-# compile for sm_90 without register spills. Fixed per dtype: no autotuning at the first call
-# of a video, whose memory is too short to judge by; tools/benchmark_memory_read.py --sweep
-# times the candidates on real sizes.
+# pipeline stages). A program computes its tile's scores once per BLOCK_V value channels, so
+# wider value tiles recompute less: bf16 takes half the 512 value channels (acc 128 x 256 fp32
+# over 8 warps, memory tiles of 64 positions, 3 stages of cp.async loads), which read whole-frame
+# boxes about 1.5 times faster than 128-wide tiles on an H200 (tools/benchmark_memory_read.py
+# --sweep --box 1). fp32 splits every operand into two tf32 halves (three products per dot) and needs
+# its registers: 128-wide value tiles, one stage. Fixed per dtype: no autotuning at the first
+# call of a video, whose memory is too short to judge by.
 KernelConfig = Tuple[int, int, int, int, int]
-DEFAULT_CONFIGS = {torch.bfloat16: (128, 64, 128, 8, 3), torch.float16: (128, 64, 128, 8, 3),
+DEFAULT_CONFIGS = {torch.bfloat16: (128, 64, 256, 8, 3), torch.float16: (128, 64, 256, 8, 3),
                    torch.float32: (128, 32, 128, 8, 1)}
-CANDIDATE_CONFIGS = {torch.bfloat16: [(128, 64, 128, 8, 3), (64, 64, 128, 4, 3), (64, 64, 256, 8, 3),
-                                      (128, 64, 128, 8, 2)],
-                     torch.float32: [(128, 32, 128, 8, 1), (64, 32, 128, 8, 1), (64, 32, 128, 4, 2),
-                                     (128, 16, 128, 8, 2)]}
+CANDIDATE_CONFIGS = {torch.bfloat16: [(128, 64, 256, 8, 3), (128, 32, 256, 8, 4), (128, 64, 128, 8, 3),
+                                      (128, 32, 128, 8, 3), (64, 32, 512, 8, 3), (128, 64, 256, 8, 2),
+                                      (64, 64, 128, 4, 3)],
+                     torch.float32: [(128, 32, 128, 8, 1), (128, 32, 128, 8, 2), (64, 32, 128, 4, 2)]}
 _INTERPRETED_CONFIG = (32, 32, 32, 4, 1)      # the CPU interpreter: small tiles, any dtype
 _COMBINE_BLOCKS = (64, 128, 8)          # BLOCK_Q, BLOCK_V, warps
 
@@ -53,8 +57,9 @@ _COMBINE_BLOCKS = (64, 128, 8)          # BLOCK_Q, BLOCK_V, warps
 def _partial_read_kernel(mk_ptr, mv_ptr, count_ptr, n_read_ptr, qk_ptr, qcount_ptr, outside_ptr,
                          part_m_ptr, part_l_ptr, part_acc_ptr, n_slots, n_positions, key_dim,
                          value_dim, n_splits, scale, mk_sn, mk_ss, mk_sp, mv_sn, mv_ss, mv_sp,
-                         qk_sn, qk_sp, PRECISE: tl.constexpr, KEY_BLOCK: tl.constexpr,
-                         BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
+                         qk_sn, qk_sp, PRECISE: tl.constexpr, ALIGNED: tl.constexpr,
+                         TAIL_APART: tl.constexpr, KEY_BLOCK: tl.constexpr, BLOCK_Q: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
     q_tile = tl.program_id(0)
     v_tile = tl.program_id(1)
     n = tl.program_id(2) // n_splits
@@ -64,8 +69,42 @@ def _partial_read_kernel(mk_ptr, mv_ptr, count_ptr, n_read_ptr, qk_ptr, qcount_p
         _partial_read_tile(mk_ptr, mv_ptr, count_ptr, n_read_ptr, qk_ptr, outside_ptr,
                            part_m_ptr, part_l_ptr, part_acc_ptr, n_slots, n_positions, key_dim,
                            value_dim, n_splits, scale, mk_sn, mk_ss, mk_sp, mv_sn, mv_ss, mv_sp,
-                           qk_sn, qk_sp, q_tile, v_tile, n, split, n_queries, PRECISE, KEY_BLOCK,
-                           BLOCK_Q, BLOCK_M, BLOCK_V)
+                           qk_sn, qk_sp, q_tile, v_tile, n, split, n_queries, PRECISE, ALIGNED,
+                           TAIL_APART, KEY_BLOCK, BLOCK_Q, BLOCK_M, BLOCK_V)
+
+
+@triton.jit
+def _online_step(q, key_base, value_base, start, n_inside, mk_sp, mv_sp, offs_c, offs_v, c_valid,
+                 v_valid, m_i, l_i, acc, scale, PRECISE: tl.constexpr, TAIL: tl.constexpr,
+                 BLOCK_M: tl.constexpr):
+    """One memory tile of the online softmax; only the TAIL tile of a slot masks its positions."""
+    offs_m = start + tl.arange(0, BLOCK_M)
+    m_valid = offs_m < n_inside
+    if TAIL:
+        k = tl.load(key_base + offs_m[None, :] * mk_sp + offs_c[:, None],
+                    mask=m_valid[None, :] & c_valid[:, None], other=0.0)
+    else:
+        k = tl.load(key_base + offs_m[None, :] * mk_sp + offs_c[:, None], mask=c_valid[:, None], other=0.0)
+    if PRECISE:
+        s = tl.dot(q, k, input_precision='tf32x3')
+    else:
+        s = tl.dot(q, k)
+    if TAIL:
+        s = tl.where(m_valid[None, :], s, float('-inf'))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale)      # scores in base-2 units: s * scale
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s * scale - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if TAIL:
+        v = tl.load(value_base + offs_m[:, None] * mv_sp + offs_v[None, :],
+                    mask=m_valid[:, None] & v_valid[None, :], other=0.0)
+    else:
+        v = tl.load(value_base + offs_m[:, None] * mv_sp + offs_v[None, :], mask=v_valid[None, :], other=0.0)
+    if PRECISE:
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision='tf32x3')
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -73,9 +112,12 @@ def _partial_read_tile(mk_ptr, mv_ptr, count_ptr, n_read_ptr, qk_ptr, outside_pt
                        part_m_ptr, part_l_ptr, part_acc_ptr, n_slots, n_positions, key_dim, value_dim,
                        n_splits, scale, mk_sn, mk_ss, mk_sp, mv_sn, mv_ss, mv_sp, qk_sn, qk_sp,
                        q_tile, v_tile, n, split, n_queries, PRECISE: tl.constexpr,
-                       KEY_BLOCK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_V: tl.constexpr):
+                       ALIGNED: tl.constexpr, TAIL_APART: tl.constexpr, KEY_BLOCK: tl.constexpr,
+                       BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
     mk_sn, mk_ss, mv_sn, mv_ss = mk_sn.to(tl.int64), mk_ss.to(tl.int64), mv_sn.to(tl.int64), mv_ss.to(tl.int64)
+    if ALIGNED:        # the host checked it: each slot starts on a 16-element boundary
+        mk_sn, mk_ss = tl.multiple_of(mk_sn, 16), tl.multiple_of(mk_ss, 16)
+        mv_sn, mv_ss = tl.multiple_of(mv_sn, 16), tl.multiple_of(mv_ss, 16)
     n_read = tl.load(n_read_ptr).to(tl.int32)
     per_split = (n_read + n_splits - 1) // n_splits
     first = split * per_split
@@ -99,27 +141,17 @@ def _partial_read_tile(mk_ptr, mv_ptr, count_ptr, n_read_ptr, qk_ptr, outside_pt
         n_inside = tl.load(count_ptr + n * n_slots + slot).to(tl.int32)
         key_base = mk_ptr + n * mk_sn + slot * mk_ss         # strides are int64: no overflow
         value_base = mv_ptr + n * mv_sn + slot * mv_ss
-        for start in range(0, n_inside, BLOCK_M):
-            offs_m = start + tl.arange(0, BLOCK_M)
-            m_valid = offs_m < n_inside
-            k = tl.load(key_base + offs_m[None, :] * mk_sp + offs_c[:, None],
-                        mask=m_valid[None, :] & c_valid[:, None], other=0.0)
-            if PRECISE:
-                s = tl.dot(q, k, input_precision='tf32x3')
-            else:
-                s = tl.dot(q, k)
-            s = tl.where(m_valid[None, :], s * scale, float('-inf'))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(value_base + offs_m[:, None] * mv_sp + offs_v[None, :],
-                        mask=m_valid[:, None] & v_valid[None, :], other=0.0)
-            if PRECISE:
-                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision='tf32x3')
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+        n_full = 0
+        if TAIL_APART:       # whole tiles without the position mask, then the masked tail tile
+            n_full = n_inside // BLOCK_M * BLOCK_M
+            for start in range(0, n_full, BLOCK_M):
+                m_i, l_i, acc = _online_step(q, key_base, value_base, start, n_inside, mk_sp, mv_sp,
+                                             offs_c, offs_v, c_valid, v_valid, m_i, l_i, acc, scale,
+                                             PRECISE, False, BLOCK_M)
+        for start in range(n_full, n_inside, BLOCK_M):      # the tail tile, or every tile
+            m_i, l_i, acc = _online_step(q, key_base, value_base, start, n_inside, mk_sp, mv_sp, offs_c,
+                                         offs_v, c_valid, v_valid, m_i, l_i, acc, scale, PRECISE, True,
+                                         BLOCK_M)
 
     n_objects = tl.num_programs(2) // n_splits
     row = ((split * n_objects + n) * n_positions + offs_q).to(tl.int64)
@@ -172,6 +204,14 @@ def _combine_tile(part_m_ptr, part_l_ptr, part_acc_ptr, order_ptr, out_ptr, n_ob
              read.to(out_ptr.dtype.element_ty), mask=q_valid[:, None] & v_valid[None, :])
 
 
+def aligned_slots(keys: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether the kernel may load whole 16-byte vectors (cp.async) from every slot.
+
+    Only for 16-bit memories: with aligned loads the fp32 kernel ran slower on an H200."""
+    return (keys.element_size() == 2 and all(t.stride(d) % 16 == 0 for t in (keys, values) for d in (0, 1))
+            and all(t.data_ptr() % 16 == 0 for t in (keys, values)))
+
+
 def n_splits_for(n_objects: int, capacity: int, n_positions: int) -> int:
     """How many slot ranges one object's read is split into (fixed between reallocations)."""
     return max(1, min(_MAX_SPLITS, capacity, _SCRATCH_ROWS // max(1, n_objects * n_positions)))
@@ -180,13 +220,15 @@ def n_splits_for(n_objects: int, capacity: int, n_positions: int) -> int:
 def packed_read_triton(keys: torch.Tensor, values: torch.Tensor, slot_count: torch.Tensor,
                        n_read: torch.Tensor, query_keys: torch.Tensor, query_order: torch.Tensor,
                        query_count: torch.Tensor, outside: torch.Tensor, out: torch.Tensor,
-                       config: Optional[KernelConfig] = None) -> None:
+                       config: Optional[KernelConfig] = None, tail_apart: Optional[bool] = None) -> None:
     """Write the in-region queries' reads into `out` (N, Cv, P); other positions are kept.
 
     keys (N, S, P, Ck), values (N, S, P, Cv): the packed slots; slot_count (N, S) int32 and
     n_read (1,): integer tensors; query_keys (N, P, Ck) packed, same dtype as keys;
     query_order (N, P) int64; query_count (N,) int32; outside (N,) fp32: the out-of-region
-    memory positions. config: tile sizes, DEFAULT_CONFIGS[keys.dtype] when None.
+    memory positions. config: tile sizes, DEFAULT_CONFIGS[keys.dtype] when None. tail_apart:
+    run a slot's whole memory tiles unmasked and its last partial tile apart (default: for
+    16-bit memories, where it measured faster; fp32 needs the registers).
     """
     n, capacity, n_positions, key_dim = keys.shape
     value_dim = values.shape[3]
@@ -206,7 +248,9 @@ def packed_read_triton(keys: torch.Tensor, values: torch.Tensor, slot_count: tor
         capacity, n_positions, key_dim, value_dim, n_splits, _LOG2E / math.sqrt(key_dim),
         keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1),
         values.stride(2), query_keys.stride(0), query_keys.stride(1),
-        PRECISE=keys.dtype == torch.float32, KEY_BLOCK=triton.next_power_of_2(key_dim),
+        PRECISE=keys.dtype == torch.float32, ALIGNED=aligned_slots(keys, values),
+        TAIL_APART=keys.element_size() == 2 if tail_apart is None else tail_apart,
+        KEY_BLOCK=triton.next_power_of_2(key_dim),
         BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_V=block_v, num_warps=warps, num_stages=stages)
     block_q, block_v, warps = (32, 32, 4) if knobs.runtime.interpret else _COMBINE_BLOCKS
     _combine_kernel[(triton.cdiv(n_positions, block_q), triton.cdiv(value_dim, block_v), n)](

@@ -200,25 +200,28 @@ def interpreter_case(kernel):
 
 
 INTERPRETED = """
-import sys
+import functools, sys
 sys.path[:0] = sys.argv[1:]
 from models.packed_read_triton import packed_read_triton
 from test_packed_memory import interpreter_case
-print(*interpreter_case(packed_read_triton))
+for tail_apart in (False, True):
+    print(*interpreter_case(functools.partial(packed_read_triton, tail_apart=tail_apart)))
 """
 
 
 def test_triton_kernel_in_the_interpreter_equals_the_pytorch_path():
-    """fp32 only: the interpreter has no bf16 dot. Triton must be imported in interpreter mode,
-    hence a separate process."""
+    """fp32 only (the interpreter has no bf16 dot), with and without the tail tile apart (the
+    16-bit kernels' loop). Triton must be imported in interpreter mode, hence a separate process."""
     pytest.importorskip('triton')
     env = dict(os.environ, TRITON_INTERPRET='1')
     result = subprocess.run([sys.executable, '-c', INTERPRETED, str(ROOT), str(ROOT / 'tests')],
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    difference, untouched = result.stdout.split()
-    assert float(difference) < 1e-5
-    assert untouched == 'True'                               # no query region: left as it was
+    for line in result.stdout.splitlines():                 # every tile masked; the tail tile apart
+        difference, untouched = line.split()
+        assert float(difference) < 1e-5
+        assert untouched == 'True'                           # no query region: left as it was
+    assert len(result.stdout.splitlines()) == 2
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
@@ -270,6 +273,26 @@ def test_triton_equals_pytorch_path_and_dense_on_the_gpu(frames, monkeypatch):
         assert (torch_out - expected).abs().max() < tolerance, (dtype, frames)
         assert (triton_out - torch_out).abs().max() < tolerance, (dtype, frames)
     assert not PackedMemoryBank.triton_failed
+
+
+def _candidates():
+    from models.packed_read_triton import CANDIDATE_CONFIGS
+    return [(dtype, config) for dtype in (torch.float32, torch.bfloat16) for config in CANDIDATE_CONFIGS[dtype]]
+
+
+@cuda
+@pytest.mark.parametrize('dtype,config', _candidates() if torch.cuda.is_available() else [])
+def test_every_candidate_tile_config_equals_the_dense_read_on_the_gpu(dtype, config, monkeypatch):
+    """Any tile sizes of the sweep may become the default: each computes the published read."""
+    import models.packed_read_triton as kernel
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)   # an fp32 reference
+    monkeypatch.setitem(kernel.DEFAULT_CONFIGS, dtype, config)
+    memory, query = gpu_memory(7, 9)
+    expected = dense_read(memory, query)
+    bank = filled_bank(memory, dtype)
+    out = bank.read(*[x.to(dtype) for x in query[:2]], query[2]).float()
+    assert not PackedMemoryBank.triton_failed
+    assert (out - expected).abs().max() < (1e-5 if dtype == torch.float32 else 0.05), config
 
 
 @cuda

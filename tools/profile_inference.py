@@ -3,9 +3,12 @@
     python tools/profile_inference.py --frames 67 1000 2500 --objects 2 --precision bf16
 
 For each clip length the fast path runs the clip with CUDA graphs (the frames per second
-reported), and its last `--steps` frames run with the stages (flow, memorise, memory write, query region, query encoder, memory read, decode,
-aggregation) wrapped in profiler ranges, eagerly (no CUDA graph, so that each range holds
-its own kernels); the GPU time of each range is reported in ms per frame.
+reported), and its last `--steps` frames run with the stages (flow, memorise, memory write,
+query region, query encoder, memory read, decode, aggregation) wrapped in profiler ranges,
+eagerly (no CUDA graph, so that each range holds its own kernels); the GPU time of each range
+is reported in ms per frame. The profiler does not count Triton's launches in a range, so
+`read kernels` gives the packed read's two Triton kernels apart (add them to `memory read`);
+`all kernels` is every kernel of the step.
 """
 import argparse
 import contextlib
@@ -38,6 +41,7 @@ STAGES: List[Tuple[str, str]] = [
     ('decode', 'models.rmnet:RMNet.decode'),
     ('aggregate', 'models.rmnet:RMNet.aggregate'),
 ]
+READ_KERNELS = ('_partial_read_kernel', '_combine_kernel')     # models.packed_read_triton
 
 
 def _resolve(target: str):
@@ -116,7 +120,7 @@ def profile_clip(tflownet, rmnet, n_frames: int, n_objects: int, precision: str,
         for _ in stream:
             pass
         _synchronize(device)
-    all_kernels = 0.0
+    all_kernels, read_kernels = 0.0, 0.0
     for event in prof.key_averages():
         if event.key.startswith('stage::'):
             if event.device_type != torch.autograd.DeviceType.CPU:
@@ -125,6 +129,9 @@ def profile_clip(tflownet, rmnet, n_frames: int, n_objects: int, precision: str,
             totals[label] = totals.get(label, 0.0) + event.device_time_total / 1000 / steps
         elif event.device_type == torch.autograd.DeviceType.CUDA:
             all_kernels += event.self_device_time_total / 1000 / steps
+            if event.key in READ_KERNELS:
+                read_kernels += event.self_device_time_total / 1000 / steps
+    totals['read kernels'] = read_kernels
     totals['all kernels'] = all_kernels
     return {'frames': n_frames, 'objects': n_objects, 'precision': precision, 'graphed_fps': fps,
             'graphed_ms_per_frame': 1000 / fps, 'stages_ms_per_frame': totals}
@@ -138,6 +145,8 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument('--steps', type=int, default=20, help='profiled frames at the end of each clip')
     parser.add_argument('--height', type=int, default=480)
     parser.add_argument('--width', type=int, default=854)
+    parser.add_argument('--weights', default=None, help='checkpoint (default: random weights)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random weights')
     parser.add_argument('--device', default='cuda', help='cpu: a quick check of this script')
     parser.add_argument('--out', default='profile.json')
     args = parser.parse_args(argv)
@@ -146,9 +155,14 @@ def main(argv: List[str] = None) -> None:
         raise UserError('the profile needs a CUDA GPU (or --device cpu for a check of the script)')
     from models.rmnet import RMNet
     from models.tiny_flownet import TinyFlowNet
+    from utils.checkpoint import load_networks
     print('\n'.join(instrument()))
-    tflownet = TinyFlowNet(default_cfg).to(args.device).eval()
-    rmnet = RMNet(default_cfg).to(args.device).eval()
+    torch.manual_seed(args.seed)     # random weights decide how large the regions are: fix them
+    tflownet, rmnet = TinyFlowNet(default_cfg), RMNet(default_cfg)
+    if args.weights:
+        load_networks(args.weights, tflownet=tflownet, rmnet=rmnet)
+    tflownet.to(args.device).eval()
+    rmnet.to(args.device).eval()
     results = []
     for precision in args.precision:
         for n_frames in args.frames:
@@ -160,7 +174,8 @@ def main(argv: List[str] = None) -> None:
                   f'({result["graphed_ms_per_frame"]:.2f} ms/frame); GPU ms/frame at the end: {stages}',
                   flush=True)
     device_name = torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'
-    write_json(args.out, {'device': device_name, 'torch': torch.__version__, 'runs': results})
+    write_json(args.out, {'device': device_name, 'torch': torch.__version__,
+                          'weights': args.weights or f'random (seed {args.seed})', 'runs': results})
 
 
 if __name__ == '__main__':
