@@ -12,10 +12,12 @@ and writes its running max m, denominator l and unnormalised read acc. Split 0 s
 the out-of-region positions as one virtual block of score 0: m = 0, l = their count. The
 program reads each key and value of its slots once for all the queries of its tile (the
 tiles of one slot range run side by side and share them through L2); programs of query tiles
-past `query_count` do nothing, so only in-region query tiles cost time. In 16-bit memories
-every slot starts on a 16-element boundary (checked on the host: `aligned_slots`), so keys and
-values load as 16-byte vectors through pipelined cp.async copies; a slot's whole memory tiles
-run without the position mask and its last, partial tile apart.
+past `query_count` do nothing, so only in-region query tiles cost time. When a 16-bit
+memory's buffers start 16-byte aligned and its object and slot strides are multiples of 16
+elements (checked on the host: `aligned_slots`; the bank's own buffers are), the kernel is told
+so, and keys and values load as 16-byte vectors through pipelined cp.async copies; otherwise
+the loads carry no such hint. In 16-bit memories a slot's whole memory tiles run without the
+position mask and its last, partial tile apart.
 `_combine_kernel` merges the splits, sum_k 2^(m_k - M) acc_k / sum_k 2^(m_k - M) l_k, and
 writes each packed query's read to its frame position. Nothing waits for the GPU and every
 grid depends only on shapes, so both launches can be captured in a CUDA graph.
@@ -115,7 +117,7 @@ def _partial_read_tile(mk_ptr, mv_ptr, count_ptr, n_read_ptr, qk_ptr, outside_pt
                        ALIGNED: tl.constexpr, TAIL_APART: tl.constexpr, KEY_BLOCK: tl.constexpr,
                        BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
     mk_sn, mk_ss, mv_sn, mv_ss = mk_sn.to(tl.int64), mk_ss.to(tl.int64), mv_sn.to(tl.int64), mv_ss.to(tl.int64)
-    if ALIGNED:        # the host checked it: each slot starts on a 16-element boundary
+    if ALIGNED:        # the host checked it: object and slot strides are multiples of 16 elements
         mk_sn, mk_ss = tl.multiple_of(mk_sn, 16), tl.multiple_of(mk_ss, 16)
         mv_sn, mv_ss = tl.multiple_of(mv_sn, 16), tl.multiple_of(mv_ss, 16)
     n_read = tl.load(n_read_ptr).to(tl.int32)
@@ -205,7 +207,8 @@ def _combine_tile(part_m_ptr, part_l_ptr, part_acc_ptr, order_ptr, out_ptr, n_ob
 
 
 def aligned_slots(keys: torch.Tensor, values: torch.Tensor) -> bool:
-    """Whether the kernel may load whole 16-byte vectors (cp.async) from every slot.
+    """Whether the kernel may load whole 16-byte vectors (cp.async) from every slot: 16-byte
+    aligned buffers whose object and slot strides are multiples of 16 elements.
 
     Only for 16-bit memories: with aligned loads the fp32 kernel ran slower on an H200."""
     return (keys.element_size() == 2 and all(t.stride(d) % 16 == 0 for t in (keys, values) for d in (0, 1))
