@@ -175,6 +175,20 @@ def test_triton_failure_falls_back_with_one_warning(monkeypatch, caplog):
     assert len([r for r in caplog.records if 'Triton memory read failed' in r.message]) == 1
 
 
+def kernel_and_torch_reads(kernel, keys, values, bank, query_key, query_region, outside):
+    """The reads of `kernel` and of the PyTorch path for the packed query, both into outputs
+    filled with 9 first (positions out of the query's region must keep it)."""
+    order, count = pack_order(query_region.flatten(1))
+    query_keys = packed_memory.pack_positions(query_key, order).contiguous()
+    args = (keys, values, bank.slot_count, bank.n_read, query_keys, order, count, outside)
+    n, value_dim = values.shape[0], values.shape[3]
+    ours = torch.full((n, value_dim, order.shape[1]), 9.0, device=keys.device, dtype=keys.dtype)
+    reference = ours.clone()
+    kernel(*args, ours)
+    read_packed_torch(*args, reference, host_counts=False)
+    return ours, reference
+
+
 def interpreter_case(kernel):
     """The kernel's and the PyTorch path's reads (padded, as on a GPU) of a bounded bank after
     evictions and of a bank with more memory splits than frames; the largest difference."""
@@ -185,15 +199,11 @@ def interpreter_case(kernel):
         pass
     g = torch.Generator().manual_seed(9)
     query_key, _, query_region = random_query(g)
-    order, count = pack_order(query_region.flatten(1))
-    query_keys = packed_memory.pack_positions(query_key, order).contiguous()
     outside = torch.tensor([30.0, 0.0, 7.0])
     difference, untouched = 0.0, True
     for bank in (bounded, spare):
-        ours, reference = torch.full((3, 40, 54), 9.0), torch.full((3, 40, 54), 9.0)
-        args = (bank.keys, bank.values, bank.slot_count, bank.n_read, query_keys, order, count, outside)
-        kernel(*args, ours)
-        read_packed_torch(*args, reference, host_counts=False)
+        ours, reference = kernel_and_torch_reads(kernel, bank.keys, bank.values, bank, query_key, query_region,
+                                                 outside)
         difference = max(difference, float((ours - reference).abs().max()))
         untouched = untouched and bool((ours[2] == 9.0).all())
     return difference, untouched
@@ -307,14 +317,9 @@ def whole_tiles_case(aligned: bool, device: str, dtype=torch.bfloat16) -> float:
     query_region = torch.zeros(n, height, width, device=device)
     query_region[0, 2:10, 3:19] = 1
     query_region[1] = 1
-    order, count = pack_order(query_region.flatten(1))
-    query_keys = packed_memory.pack_positions(query_key, order).contiguous()
     outside = torch.tensor([50.0, 0.0], device=device)
-    args = (keys, values, bank.slot_count, bank.n_read, query_keys, order, count, outside)
-    ours = torch.full((n, 512, height * width), 9.0, device=device, dtype=dtype)
-    reference = ours.clone()
-    packed_read_triton(*args, ours)
-    read_packed_torch(*args, reference, host_counts=False)
+    ours, reference = kernel_and_torch_reads(packed_read_triton, keys, values, bank, query_key, query_region,
+                                             outside)
     return float((ours.float() - reference.float()).abs().max())
 
 

@@ -32,3 +32,8 @@ def test_an_existing_result_is_not_overwritten(tmp_path):
     with pytest.raises(Exception, match='profile.json'):
         profile_inference.main(['--device', 'cpu', '--frames', '7', '--out', str(out)])
     assert out.read_text() == 'earlier'
+
+
+def test_the_read_kernels_it_counts_are_those_of_the_packed_read():
+    kernels = pytest.importorskip('models.packed_read_triton')
+    assert all(hasattr(kernels, name) for name in profile_inference.READ_KERNELS)
