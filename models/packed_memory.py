@@ -2,9 +2,10 @@
 
 Layout. Every frame in memory has a slot s of keys (N, S, P, Ck) and values (N, S, P, Cv)
 (P = h * w positions): its in-region positions come first, in frame order, and
-`slot_count[n, s]` says how many there are. Slots 0 .. n_read - 1 are read: the kept frames
-and the latest one (the frame before the current one), which `write_latest` puts into slot
-`latest_slot` and `keep` makes permanent. Per slot and in total over the kept frames the
+`slot_count[n, s]` says how many there are. An fp32 memory read by the Triton kernel
+holds bf16 planes instead (`to_planes`: keys 3 x Ck channels, values 2 x Cv). Slots
+0 .. n_read - 1 are read: the kept frames and the latest one (the frame before the current
+one), which `write_latest` puts into slot `latest_slot` and `keep` makes permanent. Per slot and in total over the kept frames the
 bank also holds the sums of the in-region values and the in-region counts, updated when a
 frame is written, kept or evicted instead of re-reading the bank every frame.
 
@@ -68,6 +69,22 @@ def pack_positions(features: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.gather(flat, 1, order[:, :, None].expand(-1, -1, flat.shape[2]))
 
 
+def to_planes(x: torch.Tensor, planes: int) -> torch.Tensor:
+    """fp32 x (..., C) -> bf16 (..., planes * C): [high | mid | low], each the bf16 rounding of
+    what the planes before it leave. 3 planes hold x exactly (24 significant bits as 3 x 8, but
+    near fp32's underflow); 2 planes within 2^-17 |x|."""
+    parts, rest = [], x.float()
+    for _ in range(planes):
+        parts.append(rest.to(torch.bfloat16))
+        rest = rest - parts[-1].float()
+    return torch.cat(parts, dim=-1)
+
+
+def from_planes(x: torch.Tensor, planes: int) -> torch.Tensor:
+    """(..., planes * C) -> fp32 (..., C): the sum of the planes (planes 1: x in fp32)."""
+    return x.float() if planes == 1 else x.unflatten(-1, (planes, -1)).float().sum(dim=-2)
+
+
 def triton_enabled(tensor: torch.Tensor) -> bool:
     """The Triton kernel serves CUDA tensors when Triton imports and RMNET_NO_TRITON is unset."""
     return (tensor.is_cuda and packed_read_triton is not None and not PackedMemoryBank.triton_failed
@@ -79,22 +96,27 @@ class PackedMemoryBank:
 
     expected_frames: a hint of how many frames the memory will hold (kept + latest), for
     the first allocation. max_frames: 0 keeps every kept frame (published); N > 0 keeps the
-    pinned frames and the N most recent other kept frames.
+    pinned frames and the N most recent other kept frames. fp32_planes: store an fp32 memory
+    as bf16 planes (keys 3, values 2: `to_planes`), which the Triton kernel reads on tensor
+    cores at fp32's precision; None: when that kernel serves the memory's device.
     """
 
     triton_failed = False        # set once, process-wide, when the kernel fails to run
 
-    def __init__(self, expected_frames: Optional[int] = None, max_frames: int = 0):
+    def __init__(self, expected_frames: Optional[int] = None, max_frames: int = 0,
+                 fp32_planes: Optional[bool] = None):
         if max_frames < 0:
             raise ValueError(f'max_frames must be >= 0, got {max_frames}')
         self.max_frames = max_frames
+        self.fp32_planes = fp32_planes
+        self.planes = (1, 1)                           # (key planes, value planes) of the buffers
         self.capacity_hint = max(2, expected_frames or 8)
         if max_frames:
             self.capacity_hint = min(self.capacity_hint, max_frames + 2)
         self.n_kept = 0
         self.n_pinned = 0
-        self.keys: Optional[torch.Tensor] = None       # (N, S, P, Ck)
-        self.values: Optional[torch.Tensor] = None     # (N, S, P, Cv)
+        self.keys: Optional[torch.Tensor] = None       # (N, S, P, planes[0] * Ck)
+        self.values: Optional[torch.Tensor] = None     # (N, S, P, planes[1] * Cv)
         self.slot_count: Optional[torch.Tensor] = None  # (N, S) int32: in-region positions
         self.slot_sum: Optional[torch.Tensor] = None   # (N, S, Cv) float64: in-region value sums
         self.slot_age: Optional[torch.Tensor] = None   # (S,) int64: keep order; pinned: never evicted
@@ -123,8 +145,12 @@ class PackedMemoryBank:
         capacity = max(capacity, needed)
         n, key_dim, height, width = key.shape
         value_dim, positions, device = value.shape[1], height * width, key.device
-        keys = key.new_zeros(n, capacity, positions, key_dim)
-        values = value.new_zeros(n, capacity, positions, value_dim)
+        if self.keys is None:
+            planes = self.fp32_planes if self.fp32_planes is not None else triton_enabled(key)
+            self.planes = (3, 2) if planes and key.dtype == torch.float32 else (1, 1)
+        dtype = torch.bfloat16 if self.planes != (1, 1) else key.dtype
+        keys = torch.zeros(n, capacity, positions, self.planes[0] * key_dim, dtype=dtype, device=device)
+        values = torch.zeros(n, capacity, positions, self.planes[1] * value_dim, dtype=dtype, device=device)
         slot_count = torch.zeros(n, capacity, dtype=torch.int32, device=device)
         slot_sum = torch.zeros(n, capacity, value_dim, dtype=torch.float64, device=device)
         slot_age = torch.zeros(capacity, dtype=torch.int64, device=device)
@@ -152,12 +178,16 @@ class PackedMemoryBank:
             self._allocate(key, value)
         order, count = pack_order(region.flatten(1))
         slot = self.latest_slot
-        self.keys.index_copy_(1, slot, pack_positions(key, order).unsqueeze(1).to(self.keys.dtype))
-        self.values.index_copy_(1, slot, pack_positions(value, order).unsqueeze(1).to(self.values.dtype))
+        self.keys.index_copy_(1, slot, self.as_stored(pack_positions(key, order), self.planes[0]).unsqueeze(1))
+        self.values.index_copy_(1, slot, self.as_stored(pack_positions(value, order), self.planes[1]).unsqueeze(1))
         self.slot_count.index_copy_(1, slot, count[:, None])
         inside = (region.flatten(1) > 0.5).to(torch.float32)
         value_sum = torch.bmm(value.flatten(2).float(), inside[:, :, None]).to(torch.float64)
         self.slot_sum.index_copy_(1, slot, value_sum.transpose(1, 2))
+
+    def as_stored(self, x: torch.Tensor, planes: int) -> torch.Tensor:
+        """x in the buffers' form: its planes, or x in their dtype."""
+        return x.to(self.keys.dtype) if planes == 1 else to_planes(x, planes)
 
     def keep(self, pinned: bool = False) -> None:
         """Make the latest frame permanent. Pinned frames are never evicted by a bounded memory."""
@@ -232,7 +262,7 @@ class PackedMemoryBank:
         uniform = (value_sum / memory_positions).to(query_value.dtype)
         outside = (memory_positions - inside).to(torch.float32)
         query_order, query_count = pack_order(query_region.flatten(1))
-        query_keys = pack_positions(query_key.to(self.keys.dtype), query_order).contiguous()
+        query_keys = self.as_stored(pack_positions(query_key, query_order), self.planes[0]).contiguous()
         out = uniform[:, :, None].expand(n, value_dim, positions).contiguous()
         self._read_packed(query_keys, query_order, query_count, outside, out)
         region = query_region[:, None].to(query_value.dtype)
@@ -243,36 +273,38 @@ class PackedMemoryBank:
         if triton_enabled(out):
             try:
                 packed_read_triton(self.keys, self.values, self.slot_count, self.n_read, query_keys,
-                                   query_order, query_count, outside, out)
+                                   query_order, query_count, outside, out, planes=self.planes)
                 return
             except Exception as e:  # a Triton/driver problem must not stop inference
                 PackedMemoryBank.triton_failed = True
                 logger.warning('The Triton memory read failed (%s: %s); using the PyTorch path',
                                type(e).__name__, e)
         read_packed_torch(self.keys, self.values, self.slot_count, self.n_read, query_keys,
-                          query_order, query_count, outside, out, host_counts=not out.is_cuda)
+                          query_order, query_count, outside, out, host_counts=not out.is_cuda,
+                          planes=self.planes)
 
 
 def read_packed_torch(keys: torch.Tensor, values: torch.Tensor, slot_count: torch.Tensor,
                       n_read: torch.Tensor, query_keys: torch.Tensor, query_order: torch.Tensor,
                       query_count: torch.Tensor, outside: torch.Tensor, out: torch.Tensor,
-                      host_counts: bool) -> None:
+                      host_counts: bool, planes: Tuple[int, int] = (1, 1)) -> None:
     """The packed read in PyTorch, with the arguments of models.packed_read_triton.
 
     The same online softmax as the kernel, over chunks of slots with masks instead of counts:
     a fixed schedule for given shapes, safe in a CUDA graph capture. host_counts (CPU tensors,
     never inside a capture): read the longest packed query and memory region on the host and
-    skip the padding beyond them.
+    skip the padding beyond them. planes: as the kernel's, summed back to fp32 here.
     """
     n, capacity, positions, key_dim = keys.shape
-    value_dim = values.shape[3]
+    key_dim //= planes[0]
+    value_dim = values.shape[3] // planes[1]
     device = keys.device
     rows = columns = positions
     if host_counts:
         rows, columns = int(query_count.max()), int(slot_count.max())
         if rows == 0:
             return
-    q = query_keys[:, :rows].float()
+    q = from_planes(query_keys[:, :rows], planes[0])
     m = torch.where(outside > 0, 0.0, _NO_SCORE)[:, None].expand(n, rows)
     l = outside[:, None].expand(n, rows)
     acc = torch.zeros(n, rows, value_dim, device=device)
@@ -283,8 +315,8 @@ def read_packed_torch(keys: torch.Tensor, values: torch.Tensor, slot_count: torc
         last = min(capacity, first + chunk)
         slots = torch.arange(first, last, device=device)
         valid = (offsets < slot_count[:, first:last, None]) & (slots < n_read)[None, :, None]
-        k = keys[:, first:last, :columns].reshape(n, -1, key_dim).float()
-        v = values[:, first:last, :columns].reshape(n, -1, value_dim).float()
+        k = from_planes(keys[:, first:last, :columns], planes[0]).reshape(n, -1, key_dim)
+        v = from_planes(values[:, first:last, :columns], planes[1]).reshape(n, -1, value_dim)
         scores = torch.where(valid.reshape(n, 1, -1), torch.bmm(q, k.transpose(1, 2)) * scale,
                              float('-inf'))
         m_new = torch.maximum(m, scores.amax(dim=2))

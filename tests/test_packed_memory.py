@@ -97,6 +97,33 @@ def test_unbounded_read_equals_dense_and_grows(seed):
     assert capacities == [2, 2, 2, 3, 3, 5, 5, 5, 5, 8, 8, 8]   # the hint, then 1.5x as needed
 
 
+def test_three_bf16_planes_hold_fp32_exactly_and_two_within_2_to_the_minus_17():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4000, generator=g) * torch.logspace(-30, 30, 4000)
+    x = torch.cat([x, torch.tensor([0.0, -0.0, 1.0, -3.0e38, 1.17549435e-38 * 2 ** 20])])
+    three = packed_memory.to_planes(x[None], 3)
+    assert three.dtype == torch.bfloat16 and three.shape == (1, 3 * x.numel())
+    assert torch.equal(packed_memory.from_planes(three, 3)[0], x)
+    two = packed_memory.from_planes(packed_memory.to_planes(x[None], 2), 2)[0]
+    assert ((two - x).abs() <= x.abs() * 2.0 ** -17).all()
+    assert not torch.equal(two, x)                              # two planes do round
+
+
+@pytest.mark.parametrize('max_frames', [0, 3])
+def test_fp32_memory_in_bf16_planes_reads_as_the_dense_fp32_read(max_frames):
+    """The layout the GPU kernel reads, through the PyTorch path: keys exact, values to 2^-17."""
+    bank = PackedMemoryBank(expected_frames=2, max_frames=max_frames, fp32_planes=True)
+    for t, out, expected in run_schedule(bank, 10, pinned_at={0}, keep_every=2, seed=3):
+        assert out.dtype == torch.float32
+        assert (out - expected).abs().max() < 2e-6, t
+    assert bank.planes == (3, 2) and bank.keys.dtype == bank.values.dtype == torch.bfloat16
+    assert bank.keys.shape[3] == 3 * 16 and bank.values.shape[3] == 2 * 40
+    plain = PackedMemoryBank(expected_frames=2)
+    for _ in run_schedule(plain, 1, pinned_at={0}, keep_every=2, seed=3):
+        pass
+    assert plain.planes == (1, 1) and plain.keys.dtype == torch.float32      # on the CPU: fp32 as it is
+
+
 def test_region_fraction_is_the_mean_share_of_the_frames_read_inside_their_regions():
     g = torch.Generator().manual_seed(5)
     bank = PackedMemoryBank(expected_frames=4)
@@ -131,7 +158,7 @@ def test_bounded_memory_keeps_pinned_and_the_most_recent_frames(use_host_counts,
     """use_host_counts False: the padded computation that a CUDA graph captures, on the CPU."""
     full_read = packed_memory.read_packed_torch
     monkeypatch.setattr(packed_memory, 'read_packed_torch',
-                        lambda *args, host_counts: full_read(*args, host_counts=use_host_counts))
+                        lambda *args, host_counts, **kw: full_read(*args, host_counts=use_host_counts, **kw))
     bank = PackedMemoryBank(expected_frames=50, max_frames=3)
     capacities = set()
     for t, out, expected in run_schedule(bank, 30, pinned_at={0, 7}, keep_every=1, seed=4):
@@ -159,7 +186,7 @@ def test_bounded_memory_evicts_in_keep_order():
 def test_triton_failure_falls_back_with_one_warning(monkeypatch, caplog):
     calls = []
 
-    def failing_kernel(*args):
+    def failing_kernel(*args, **kwargs):
         calls.append(1)
         raise RuntimeError('no kernel')
 
@@ -176,16 +203,16 @@ def test_triton_failure_falls_back_with_one_warning(monkeypatch, caplog):
 
 
 def kernel_and_torch_reads(kernel, keys, values, bank, query_key, query_region, outside):
-    """The reads of `kernel` and of the PyTorch path for the packed query, both into outputs
-    filled with 9 first (positions out of the query's region must keep it)."""
+    """The reads of `kernel` and of the PyTorch path for the packed query (in the bank's planes),
+    both into outputs filled with 9 first (positions out of the query's region must keep it)."""
     order, count = pack_order(query_region.flatten(1))
-    query_keys = packed_memory.pack_positions(query_key, order).contiguous()
+    query_keys = bank.as_stored(packed_memory.pack_positions(query_key, order), bank.planes[0]).contiguous()
     args = (keys, values, bank.slot_count, bank.n_read, query_keys, order, count, outside)
-    n, value_dim = values.shape[0], values.shape[3]
-    ours = torch.full((n, value_dim, order.shape[1]), 9.0, device=keys.device, dtype=keys.dtype)
+    n, value_dim = values.shape[0], values.shape[3] // bank.planes[1]
+    ours = torch.full((n, value_dim, order.shape[1]), 9.0, device=keys.device, dtype=query_key.dtype)
     reference = ours.clone()
-    kernel(*args, ours)
-    read_packed_torch(*args, reference, host_counts=False)
+    kernel(*args, ours, planes=bank.planes)
+    read_packed_torch(*args, reference, host_counts=False, planes=bank.planes)
     return ours, reference
 
 
@@ -220,8 +247,9 @@ for tail_apart in (False, True):
 
 
 def test_triton_kernel_in_the_interpreter_equals_the_pytorch_path():
-    """fp32 only (the interpreter has no bf16 dot), with and without the tail tile apart (the
-    16-bit kernels' loop). Triton must be imported in interpreter mode, hence a separate process."""
+    """Plain fp32 memories (the interpreter has no bf16 dot, so no planes: those are tested on the
+    GPU), with and without the tail tile apart. Triton must be imported in interpreter mode,
+    hence a separate process."""
     triton = pytest.importorskip('triton')
     if tuple(int(part) for part in triton.__version__.split('.')[:2]) < (3, 8):
         pytest.skip(f'Triton {triton.__version__}: interpreters before 3.8 (seen in 3.6) cannot bound a loop by a '
@@ -288,6 +316,29 @@ def test_triton_equals_pytorch_path_and_dense_on_the_gpu(frames, monkeypatch):
     assert not PackedMemoryBank.triton_failed
 
 
+@cuda
+def test_fp32_kernel_is_as_precise_as_an_fp32_matmul_on_peaked_scores(monkeypatch):
+    """Keys 20 times those of gpu_memory: scores spread over tens, a peaked softmax, where keys
+    in two planes would err about ten times more than an fp32 matmul. The bf16 planes read
+    errs no more than the dense fp32 read (strict fp32 matmuls) against a float64 reference."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
+    memory, query = gpu_memory(11, 20)
+    memory = [(key * 20, value, region) for key, value, region in memory]
+    query = (query[0] * 20, query[1], query[2])
+    keys = torch.stack([k * r[:, None] for k, _, r in memory], dim=2)
+    values = torch.stack([v * r[:, None] for _, v, r in memory], dim=2)
+    key, value, region = query
+    exact = read_memory_dense(keys.double(), values.double(), (key * region[:, None]).double(),
+                              (value * region[:, None]).double())
+    fp32 = read_memory_dense(keys, values, key * region[:, None], value * region[:, None])
+    bank = filled_bank(memory, torch.float32)
+    assert bank.planes == (3, 2)
+    ours = bank.read(*query)
+    assert not PackedMemoryBank.triton_failed
+    fp32_error = float((fp32 - exact).abs().max())
+    assert 0 < float((ours - exact).abs().max()) <= 2 * fp32_error + 1e-7, fp32_error
+
+
 def whole_tiles_case(aligned: bool, device: str, dtype=torch.bfloat16) -> float:
     """bf16 slots whose in-region counts are whole memory tiles (128 and 64 positions: no tail
     tile) read by the kernel and by the PyTorch path; unaligned, the same memory copied to
@@ -312,7 +363,7 @@ def whole_tiles_case(aligned: bool, device: str, dtype=torch.bfloat16) -> float:
             view.copy_(tensor)
             return view
         keys, values = shifted(keys), shifted(values)
-    assert aligned_slots(keys, values) == (aligned and dtype == torch.bfloat16)
+    assert aligned_slots(keys, values) == aligned
     query_key = (torch.randn(n, 128, height, width, generator=g) * 0.15).to(device, dtype)
     query_region = torch.zeros(n, height, width, device=device)
     query_region[0, 2:10, 3:19] = 1

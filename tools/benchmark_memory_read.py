@@ -125,7 +125,7 @@ def sweep_configs(packed, query_key, query_region, kept, dtype_name, repeats, gr
     """The packed kernels alone (query packing excluded) for every candidate tile size."""
     from models.packed_read_triton import CANDIDATE_CONFIGS, packed_read_triton
     order, count = pack_order(query_region.flatten(1))
-    query_keys = pack_positions(query_key, order).contiguous()
+    query_keys = packed.as_stored(pack_positions(query_key, order), packed.planes[0]).contiguous()
     n, positions = order.shape
     outside = torch.zeros(n, device=order.device)
     out = torch.zeros(n, VALUE_DIM, positions, device=order.device, dtype=query_key.dtype)
@@ -133,7 +133,7 @@ def sweep_configs(packed, query_key, query_region, kept, dtype_name, repeats, gr
     for config in CANDIDATE_CONFIGS[DTYPES[dtype_name]]:
         def kernel():
             packed_read_triton(packed.keys, packed.values, packed.slot_count, packed.n_read, query_keys,
-                               order, count, outside, out, config=config)
+                               order, count, outside, out, planes=packed.planes, config=config)
             return out
         ms, _ = timed(kernel, repeats, graph)
         results.append({'kept': kept, 'dtype': dtype_name, 'config': list(config), 'ms': ms,
