@@ -52,13 +52,20 @@ def _read_all(paths: Sequence[str], shape: Tuple[int, int], what: str) -> np.nda
     return np.stack(masks) if masks else np.zeros((0,) + tuple(shape), np.uint8)
 
 
+def read_span(job: ScoreJob) -> Tuple[int, int]:
+    """The positions [low, high) of the files `score_files(job)` reads: its scored frames, plus
+    frame 0 for the first part and the last frame for the last one."""
+    n_frames = len(job.gt_paths)
+    first, stop = job.frames or (1, max(n_frames - 1, 1))
+    return (0 if first == 1 else first), (n_frames if stop == n_frames - 1 else stop)
+
+
 def score_files(job: ScoreJob) -> List[ObjectRecord]:
     """Read a video's masks (or those of its part) and score every object (official DAVIS
     protocol). Every file of the video is read by one of its parts: the first part also reads
     frame 0, the last one the last frame, which are not scored but must be masks of the size."""
-    n_frames = len(job.gt_paths)
-    first, stop = job.frames or (1, max(n_frames - 1, 1))
-    low, high = (0 if first == 1 else first), (n_frames if stop == n_frames - 1 else stop)
+    first, stop = job.frames or (1, max(len(job.gt_paths) - 1, 1))
+    low, high = read_span(job)
     first_gt = read_mask(job.gt_paths[0])
     later_gt = _read_all(job.gt_paths[max(low, 1):high], first_gt.shape, 'ground-truth mask')
     gt = np.concatenate([first_gt[None], later_gt]) if low == 0 else later_gt

@@ -9,7 +9,8 @@ of the videos on its own GPU and rank 0 merges the scores.
 import logging
 import os
 import time
-from typing import Dict, Iterator, Optional, Tuple
+from collections import deque
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from core.distributed import broadcast_object, gather_objects, setup_distributed
 from core.results import VideoResults
-from core.scoring import ScoreJob, merge_parts, score_files, video_parts
+from core.scoring import ScoreJob, merge_parts, read_span, score_files, video_parts
 from core.sequences import (SplitStreams, benchmark_videos, first_video_objects, layout, output_frames,
                             resolve_split)
 from core.streaming import SplitSpeed, experiment_dir, new_segmenter, prepare_output_dir
@@ -29,6 +30,11 @@ from utils.scoring_pool import ScoringPool
 from utils.weights import resolve_weights
 
 logger = logging.getLogger(__name__)
+
+# A video is scored in parts of consecutive frames, a quarter of a worker's share each, every
+# part submitted as soon as its masks are written: after the last video only its last part is
+# left to score.
+_PARTS_PER_WORKER = 4
 
 
 def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[str] = None,
@@ -67,14 +73,11 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
             SplitStreams(segmenter, videos, bool(cfg.TEST.READ_AHEAD), first_objects) as streams:
         bar = tqdm(streams, total=len(videos), desc=f'{dataset} {split}', unit='video', disable=not shard.is_main)
         for video, stream in bar:
-            fps = _segment_and_write(video, stream, out_dir, bool(cfg.TEST.VISUALIZE), speed)
+            parts = ScoredAsWritten(scorer, video, out_dir, bool(cfg.TEST.EXCLUDE_VOID), _PARTS_PER_WORKER * workers)
+            fps = _segment_and_write(video, stream, out_dir, bool(cfg.TEST.VISUALIZE), speed, parts.written)
             bar.set_postfix(video=video.name, fps=f'{fps:.1f}')
             if video.ground_truth:
-                # each video in as many parts as workers: the last one is scored that much sooner
-                parts = video_parts(_score_job(video, out_dir, bool(cfg.TEST.EXCLUDE_VOID)), workers)
-                for part in parts:
-                    scorer.submit(score_files, part)
-                parts_per_video.append(len(parts))
+                parts_per_video.append(parts.finish())
         scored = scorer.results()
         records = [record for n_parts in parts_per_video
                    for record in merge_parts([next(scored) for _ in range(n_parts)])]
@@ -94,16 +97,41 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
     return summarise(records)
 
 
+class ScoredAsWritten:
+    """Submits the score parts of a video (`video_parts`, in frame order) to the pool, each once
+    every mask file it reads is written; none for a video without ground truth."""
+
+    def __init__(self, scorer: ScoringPool, video: Video, out_dir: str, exclude_void: bool, parts: int):
+        self.scorer = scorer
+        frames = sorted(video.ground_truth)
+        jobs = video_parts(_score_job(video, out_dir, exclude_void), parts) if frames else []
+        self.pending = deque((frames[read_span(job)[1] - 1], job) for job in jobs)   # (last frame read, job)
+        self.count = len(jobs)
+
+    def written(self, t: int) -> None:
+        """Frames 0 .. t are written: submit the parts that read no later frame."""
+        while self.pending and self.pending[0][0] <= t:
+            self.scorer.submit(score_files, self.pending.popleft()[1])
+
+    def finish(self) -> int:
+        """After the video's stream: submit what is left (a part whose files are missing then
+        reports them); the number of parts."""
+        while self.pending:
+            self.scorer.submit(score_files, self.pending.popleft()[1])
+        return self.count
+
+
 def _segment_and_write(video: Video, stream: Iterator[Tuple[np.ndarray, np.ndarray]], out_dir: str,
-                       visualize: bool, speed: SplitSpeed) -> float:
+                       visualize: bool, speed: SplitSpeed, written: Callable[[int], None]) -> float:
     """Write the masks of the listed frames and of every ground-truth frame from the video's
-    (frame, ids) stream; return frames/s."""
+    (frame, ids) stream, calling written(t) after frame t; return frames/s."""
     start = time.perf_counter()
     overlay_dir = os.path.join(out_dir, f'{video.name}_overlay') if visualize else None
     with VideoResults(os.path.join(out_dir, video.name), video.output_names,
                       set(output_frames(video)) | set(video.ground_truth), overlay_dir) as results:
         for t, (frame, ids) in enumerate(speed.timed(stream)):
             results.write(t, frame, ids)
+            written(t)
     return results.n_frames / max(time.perf_counter() - start, 1e-9)
 
 

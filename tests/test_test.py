@@ -147,3 +147,42 @@ def test_reading_ahead_writes_the_same_masks_on_the_gpu(tmp_path, clips, checkpo
         for t in range(len(frames)):
             assert np.array_equal(read_ids(tmp_path / 'ahead-True' / video / f'{t:05d}.png'),
                                   read_ids(tmp_path / 'ahead-False' / video / f'{t:05d}.png')), (video, t)
+
+
+class RecordingScorer:
+    """Stands in for the scoring pool: records each job and which mask files existed then."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, score, job):
+        self.submitted.append((job, {p for p in job.pred_paths if os.path.exists(p)}))
+
+
+def test_score_parts_are_submitted_in_order_once_their_masks_are_written(tmp_path):
+    from types import SimpleNamespace
+    from core.scoring import read_span, video_parts
+    from core.test import ScoredAsWritten, _score_job
+    from utils.io import write_palette_mask
+    names = [f'{t:05d}' for t in range(20)]
+    video = SimpleNamespace(name='v', output_names=names, binary=False,
+                            ground_truth={t: str(tmp_path / f'gt{t}.png') for t in range(0, 20, 2)})
+    scorer = RecordingScorer()
+    parts = ScoredAsWritten(scorer, video, str(tmp_path), False, 4)
+    (tmp_path / 'v').mkdir()
+    submitted_by_frame = []
+    for t in range(20):
+        write_palette_mask(str(tmp_path / 'v' / f'{names[t]}.png'), np.zeros((4, 4), np.uint8))
+        parts.written(t)
+        submitted_by_frame.append(len(scorer.submitted))
+    assert parts.finish() == 4 and len(scorer.submitted) == 4
+    expected = video_parts(_score_job(video, str(tmp_path), False), 4)
+    assert [job for job, _ in scorer.submitted] == expected            # the parts, in frame order
+    for job, existing in scorer.submitted:                             # each with every file it reads
+        low, high = read_span(job)
+        assert set(job.pred_paths[low:high]) <= existing
+    assert submitted_by_frame[9] >= 2 and submitted_by_frame[17] == 3   # the last part waits for frame 18
+    none = ScoredAsWritten(scorer, SimpleNamespace(name='w', output_names=names, binary=False, ground_truth={}),
+                           str(tmp_path), False, 4)
+    none.written(19)
+    assert none.finish() == 0 and len(scorer.submitted) == 4
