@@ -31,9 +31,9 @@ from utils.weights import resolve_weights
 
 logger = logging.getLogger(__name__)
 
-# A video is scored in parts of consecutive frames, a quarter of a worker's share each, every
-# part submitted as soon as its masks are written: after the last video only its last part is
-# left to score.
+# With scoring workers a video is scored in parts of consecutive frames, a quarter of a
+# worker's share each, every part submitted as soon as its masks are written: after the last
+# video only its last part is left to score.
 _PARTS_PER_WORKER = 4
 
 
@@ -73,7 +73,7 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
             SplitStreams(segmenter, videos, bool(cfg.TEST.READ_AHEAD), first_objects) as streams:
         bar = tqdm(streams, total=len(videos), desc=f'{dataset} {split}', unit='video', disable=not shard.is_main)
         for video, stream in bar:
-            parts = ScoredAsWritten(scorer, video, out_dir, bool(cfg.TEST.EXCLUDE_VOID), _PARTS_PER_WORKER * workers)
+            parts = ScoredAsWritten(scorer, video, out_dir, bool(cfg.TEST.EXCLUDE_VOID), workers)
             fps = _segment_and_write(video, stream, out_dir, bool(cfg.TEST.VISUALIZE), speed, parts.written)
             bar.set_postfix(video=video.name, fps=f'{fps:.1f}')
             if video.ground_truth:
@@ -98,19 +98,23 @@ def test_net(cfg, weights: str, dataset: Optional[str] = None, split: Optional[s
 
 
 class ScoredAsWritten:
-    """Submits the score parts of a video (`video_parts`, in frame order) to the pool, each once
-    every mask file it reads is written; none for a video without ground truth."""
+    """Submits the score parts of a video (`video_parts`, in frame order) to a pool of `workers`,
+    each once every mask file it reads is written; none for a video without ground truth. An
+    inline pool (workers <= 1) scores the whole video at once after its last frame, so that
+    scoring stays out of the video's time."""
 
-    def __init__(self, scorer: ScoringPool, video: Video, out_dir: str, exclude_void: bool, parts: int):
+    def __init__(self, scorer: ScoringPool, video: Video, out_dir: str, exclude_void: bool, workers: int):
         self.scorer = scorer
+        self.as_written = workers > 1
         frames = sorted(video.ground_truth)
+        parts = _PARTS_PER_WORKER * workers if self.as_written else 1
         jobs = video_parts(_score_job(video, out_dir, exclude_void), parts) if frames else []
         self.pending = deque((frames[read_span(job)[1] - 1], job) for job in jobs)   # (last frame read, job)
         self.count = len(jobs)
 
     def written(self, t: int) -> None:
         """Frames 0 .. t are written: submit the parts that read no later frame."""
-        while self.pending and self.pending[0][0] <= t:
+        while self.as_written and self.pending and self.pending[0][0] <= t:
             self.scorer.submit(score_files, self.pending.popleft()[1])
 
     def finish(self) -> int:

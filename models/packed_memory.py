@@ -71,8 +71,9 @@ def pack_positions(features: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 def to_planes(x: torch.Tensor, planes: int) -> torch.Tensor:
     """fp32 x (..., C) -> bf16 (..., planes * C): [high | mid | low], each the bf16 rounding of
-    what the planes before it leave. 3 planes hold x exactly (24 significant bits as 3 x 8, but
-    near fp32's underflow); 2 planes within 2^-17 |x|."""
+    what the planes before it leave. 3 planes hold x exactly (24 significant bits as 3 x 8; for
+    finite |x| below bf16's largest value, 3.39e38, but near fp32's underflow); 2 planes within
+    2^-17 |x|."""
     parts, rest = [], x.float()
     for _ in range(planes):
         parts.append(rest.to(torch.bfloat16))
@@ -270,7 +271,7 @@ class PackedMemoryBank:
 
     def _read_packed(self, query_keys, query_order, query_count, outside, out) -> None:
         """Write the in-region queries' reads into out (N, Cv, P): Triton, else PyTorch."""
-        if triton_enabled(out):
+        if triton_enabled(out) and self.keys.element_size() == 2:   # fp32 only as planes
             try:
                 packed_read_triton(self.keys, self.values, self.slot_count, self.n_read, query_keys,
                                    query_order, query_count, outside, out, planes=self.planes)

@@ -202,6 +202,20 @@ def test_triton_failure_falls_back_with_one_warning(monkeypatch, caplog):
     assert len([r for r in caplog.records if 'Triton memory read failed' in r.message]) == 1
 
 
+def test_an_fp32_bank_without_planes_reads_with_pytorch_and_leaves_the_kernel_on(monkeypatch):
+    """The kernel reads fp32 only as planes; a plain fp32 bank is not a kernel failure."""
+    def kernel(*args, **kwargs):
+        raise AssertionError('the kernel was called')
+
+    monkeypatch.setattr(packed_memory, 'packed_read_triton', kernel)
+    monkeypatch.setattr(packed_memory, 'triton_enabled', lambda tensor: not PackedMemoryBank.triton_failed)
+    monkeypatch.setattr(PackedMemoryBank, 'triton_failed', False)
+    bank = PackedMemoryBank(fp32_planes=False)
+    for t, out, expected in run_schedule(bank, 3, pinned_at={0}, keep_every=1, seed=2):
+        assert (out - expected).abs().max() < 2e-6
+    assert bank.planes == (1, 1) and not PackedMemoryBank.triton_failed
+
+
 def kernel_and_torch_reads(kernel, keys, values, bank, query_key, query_region, outside):
     """The reads of `kernel` and of the PyTorch path for the packed query (in the bank's planes),
     both into outputs filled with 9 first (positions out of the query's region must keep it)."""

@@ -168,21 +168,25 @@ def test_score_parts_are_submitted_in_order_once_their_masks_are_written(tmp_pat
     video = SimpleNamespace(name='v', output_names=names, binary=False,
                             ground_truth={t: str(tmp_path / f'gt{t}.png') for t in range(0, 20, 2)})
     scorer = RecordingScorer()
-    parts = ScoredAsWritten(scorer, video, str(tmp_path), False, 4)
+    parts = ScoredAsWritten(scorer, video, str(tmp_path), False, 2)        # 8 parts for two workers
     (tmp_path / 'v').mkdir()
     submitted_by_frame = []
     for t in range(20):
         write_palette_mask(str(tmp_path / 'v' / f'{names[t]}.png'), np.zeros((4, 4), np.uint8))
         parts.written(t)
         submitted_by_frame.append(len(scorer.submitted))
-    assert parts.finish() == 4 and len(scorer.submitted) == 4
-    expected = video_parts(_score_job(video, str(tmp_path), False), 4)
+    assert parts.finish() == 8 and len(scorer.submitted) == 8
+    expected = video_parts(_score_job(video, str(tmp_path), False), 8)
     assert [job for job, _ in scorer.submitted] == expected            # the parts, in frame order
     for job, existing in scorer.submitted:                             # each with every file it reads
         low, high = read_span(job)
         assert set(job.pred_paths[low:high]) <= existing
-    assert submitted_by_frame[9] >= 2 and submitted_by_frame[17] == 3   # the last part waits for frame 18
+    assert submitted_by_frame[9] == 4 and submitted_by_frame[17] == 7   # the last part waits for frame 18
     none = ScoredAsWritten(scorer, SimpleNamespace(name='w', output_names=names, binary=False, ground_truth={}),
                            str(tmp_path), False, 4)
     none.written(19)
-    assert none.finish() == 0 and len(scorer.submitted) == 4
+    assert none.finish() == 0 and len(scorer.submitted) == 8
+    inline = ScoredAsWritten(scorer, video, str(tmp_path), False, 1)       # scored in the caller: after the video
+    inline.written(19)
+    assert len(scorer.submitted) == 8
+    assert inline.finish() == 1 and scorer.submitted[-1][0] == video_parts(_score_job(video, str(tmp_path), False), 1)[0]

@@ -43,8 +43,9 @@ class ScoringPool(Generic[Result]):
         return self
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        """A clean exit waits for the jobs still running, not for idle workers to exit (every
-        result is in: they stop on their own); an error cancels the jobs not started yet."""
+        """A clean exit waits for the jobs still running but returns before idle workers exit
+        (every result is in; the process joins them when it ends); an error cancels the jobs not
+        started yet."""
         if self._pool is not None:
             finished = all(r.done() for r in self._results if isinstance(r, Future))
             self._pool.shutdown(wait=exc_type is None and not finished, cancel_futures=exc_type is not None)
