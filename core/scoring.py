@@ -23,11 +23,16 @@ class ScoreJob(NamedTuple):
     frames: Optional[Tuple[int, int]] = None
 
 
+def scored_span(job: ScoreJob) -> Tuple[int, int]:
+    """The positions [first, stop) of the frames the job scores."""
+    return job.frames or (1, max(len(job.gt_paths) - 1, 1))
+
+
 def video_parts(job: ScoreJob, parts: int) -> List[ScoreJob]:
     """The job cut into up to `parts` jobs of consecutive scored frames (at least one frame each),
     so that several workers score one video: the last video of a split is then scored about
     `parts` times sooner. merge_parts joins their results into those of the whole job."""
-    first, stop = 1, max(len(job.gt_paths) - 1, 1)
+    first, stop = scored_span(job)
     count = max(1, min(parts, stop - first))
     bounds = [first + (stop - first) * i // count for i in range(count + 1)]
     return [job._replace(frames=(a, b)) for a, b in zip(bounds, bounds[1:])]
@@ -56,7 +61,7 @@ def read_span(job: ScoreJob) -> Tuple[int, int]:
     """The positions [low, high) of the files `score_files(job)` reads: its scored frames, plus
     frame 0 for the first part and the last frame for the last one."""
     n_frames = len(job.gt_paths)
-    first, stop = job.frames or (1, max(n_frames - 1, 1))
+    first, stop = scored_span(job)
     return (0 if first == 1 else first), (n_frames if stop == n_frames - 1 else stop)
 
 
@@ -64,7 +69,7 @@ def score_files(job: ScoreJob) -> List[ObjectRecord]:
     """Read a video's masks (or those of its part) and score every object (official DAVIS
     protocol). Every file of the video is read by one of its parts: the first part also reads
     frame 0, the last one the last frame, which are not scored but must be masks of the size."""
-    first, stop = job.frames or (1, max(len(job.gt_paths) - 1, 1))
+    first, stop = scored_span(job)
     low, high = read_span(job)
     first_gt = read_mask(job.gt_paths[0])
     later_gt = _read_all(job.gt_paths[max(low, 1):high], first_gt.shape, 'ground-truth mask')

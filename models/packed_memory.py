@@ -5,9 +5,10 @@ Layout. Every frame in memory has a slot s of keys (N, S, P, Ck) and values (N, 
 `slot_count[n, s]` says how many there are. An fp32 memory read by the Triton kernel
 holds bf16 planes instead (`to_planes`: keys 3 x Ck channels, values 2 x Cv). Slots
 0 .. n_read - 1 are read: the kept frames and the latest one (the frame before the current
-one), which `write_latest` puts into slot `latest_slot` and `keep` makes permanent. Per slot and in total over the kept frames the
-bank also holds the sums of the in-region values and the in-region counts, updated when a
-frame is written, kept or evicted instead of re-reading the bank every frame.
+one), which `write_latest` puts into slot `latest_slot` and `keep` makes permanent. Per slot
+and in total over the kept frames the bank also holds the sums of the in-region values and
+the in-region counts, updated when a frame is written, kept or evicted instead of re-reading
+the bank every frame.
 
 The read. The published model multiplies keys and values by their 0/1 region maps and takes
 a softmax over all T * P memory positions, so with s = k . q / sqrt(Ck):

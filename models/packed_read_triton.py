@@ -8,10 +8,9 @@ of them, and `query_order[n, i]`, the position of packed query i in the frame.
 fp32 memories come as bf16 planes (models.packed_memory.to_planes): keys and query keys as 3
 (high, mid, low: fp32 exactly), values as 2. A score tile is the sum of the six products of
 key planes whose ranks sum to at most 2 (the dropped ones are below 2^-24 of the sum of the
-products' magnitudes), a
-value tile the three products of the high and low planes of the weights and of the values;
-every product accumulates in fp32 on the tensor cores, and the planes load as 16-byte copies
-like a bf16 memory's, with no splitting after the load.
+products' magnitudes), a value tile the three products of the high and low planes of the
+weights and of the values; every product accumulates in fp32 on the tensor cores, and the
+planes load as 16-byte copies like a bf16 memory's, with no splitting after the load.
 
 `_partial_read_kernel`: one program per (tile of packed queries, tile of value channels,
 object, memory split). A split is a contiguous range of slots; the program runs an online
